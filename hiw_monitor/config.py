@@ -1,0 +1,460 @@
+"""Configuration: defaults < YAML file < environment < command-line flags.
+
+``load()`` walks the whole document strictly (unknown keys, wrong types, bad durations,
+duplicate target names), collects every problem with its key path and fix, and returns
+a frozen :class:`Config`. Nothing here connects to a database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from hiw_monitor.collectors.base import Collector, Option
+from hiw_monitor.errors import ConfigError
+from hiw_monitor.units import parse_duration, parse_listen
+
+DEFAULT_PORT = 9188  # postgres_exporter has 9187; pgbouncer_exporter 9127
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_DSN, ENV_LISTEN, ENV_CONFIG = "HIW_MONITOR_DSN", "HIW_MONITOR_LISTEN", "HIW_MONITOR_CONFIG"
+ENV_TARGET_NAME = "HIW_MONITOR_TARGET_NAME"
+
+# Connection keys a target may set besides its name and password source.
+_TARGET_PARAMS = ("host", "port", "dbname", "user", "sslmode", "sslrootcert", "sslcert", "sslkey")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """One database to watch. ``conninfo`` never holds the password."""
+
+    name: str
+    conninfo: str
+    password: str | None = field(default=None, repr=False)
+    password_env: str | None = None
+    password_file: str | None = None
+
+    def resolve_password(self) -> str | None:
+        """The password from the DSN, the env var or the file (read at connect time,
+        so a rotated secret file is picked up on reconnect)."""
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        if self.password_file:
+            return Path(self.password_file).read_text(encoding="utf-8").strip()
+        return self.password
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    connect_timeout: float = 5.0
+    statement_timeout: float = 5.0
+    lock_timeout: float = 1.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    name: str
+    enabled: bool
+    interval: float
+    timeout: float
+    stale_after: float
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    targets: tuple[TargetConfig, ...]
+    listen: tuple[str, int]
+    connection: ConnectionSettings
+    collectors: Mapping[str, CollectorSettings]
+    log_level: str = "info"
+    log_format: str = "auto"
+    source: str = "defaults"
+
+    @property
+    def enabled_collectors(self) -> tuple[CollectorSettings, ...]:
+        return tuple(c for c in self.collectors.values() if c.enabled)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """What came from flags (highest precedence); ``None`` means not given."""
+
+    config: str | None = None
+    dsn: str | None = None
+    listen: str | None = None
+    target_name: str | None = None
+    log_level: str | None = None
+    log_format: str | None = None
+
+
+# --- the strict walk -------------------------------------------------------------------
+
+
+class _Walk:
+    """Collects problems with their key paths instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[ConfigError] = []
+
+    def fail(self, path: str, problem: str, fix: str = "") -> None:
+        self.problems.append(ConfigError(path, problem, fix))
+
+    def mapping(self, value: Any, path: str, allowed: Mapping[str, str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping, got {_kind(value)}", "write key: value pairs")
+            return {}
+        out = {}
+        for key, item in value.items():
+            if key not in allowed:
+                near = ", ".join(sorted(allowed))
+                self.fail(_join(path, key), "unknown key", f"use one of: {near}")
+            else:
+                out[key] = item
+        return out
+
+    def duration(self, value: Any, path: str, minimum: float = 0.0) -> float | None:
+        try:
+            seconds = parse_duration(value)
+        except (ValueError, TypeError) as exc:
+            self.fail(path, str(exc) if isinstance(exc, ValueError) else f"{value!r} is not a "
+                      "duration", "write it like 500ms, 15s, 5m, 1h or 1d")
+            return None
+        if seconds < minimum:
+            self.fail(path, f"{value!r} is too short", f"use at least {minimum:g}s")
+            return None
+        return seconds
+
+    def typed(self, value: Any, path: str, kind: type | tuple[type, ...], what: str) -> Any:
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self.fail(path, f"expected {what}, got a boolean", f"write {what}")
+            return None
+        if not isinstance(value, kind):
+            self.fail(path, f"expected {what}, got {_kind(value)}", f"write {what}")
+            return None
+        return value
+
+    def option(self, value: Any, path: str, spec: Option) -> Any:
+        result: Any
+        if spec.kind == "duration":
+            result = self.duration(value, path)
+        elif spec.kind == "bool":
+            result = self.typed(value, path, bool, "true or false")
+        elif spec.kind == "int":
+            result = self.typed(value, path, int, "an integer")
+        elif spec.kind == "float":
+            result = self.typed(value, path, (int, float), "a number")
+            result = None if result is None else float(result)
+        elif spec.kind == "str":
+            result = self.typed(value, path, str, "a string")
+        else:
+            result = self.typed(value, path, list, "a list of strings")
+            if result is not None and not all(isinstance(v, str) for v in result):
+                self.fail(path, "expected a list of strings", "quote every item")
+                result = None
+            result = None if result is None else tuple(result)
+        if result is not None and spec.minimum is not None and result < spec.minimum:
+            self.fail(path, f"{value!r} is below the minimum", f"use at least {spec.minimum:g}")
+            return None
+        return result
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "nothing"}.get(type(value),
+                                                                               type(value).__name__)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+_TOP_KEYS = {
+    "targets": "databases to watch",
+    "listen": "HTTP address, host:port",
+    "connection": "connection timeouts and reconnect backoff",
+    "collectors": "per-collector settings",
+    "log": "level and format",
+}
+_CONNECTION_KEYS = {
+    "connect_timeout": "", "statement_timeout": "", "lock_timeout": "",
+    "backoff_initial": "", "backoff_max": "",
+}
+_TARGET_KEYS = dict.fromkeys(("name", "dsn", *_TARGET_PARAMS, "password_env", "password_file"), "")
+_COLLECTOR_KEYS = {"enabled": "", "interval": "", "timeout": "", "stale_after": ""}
+
+
+def _parse_dsn(dsn: str, path: str, walk: _Walk) -> dict[str, Any] | None:
+    try:
+        return dict(conninfo_to_dict(dsn))
+    except psycopg.ProgrammingError:
+        # The library's message may quote part of the DSN, password included: not echoed.
+        walk.fail(path, "is not a valid libpq connection string or URI",
+                  "write it like postgresql://user@host:5432/dbname or 'host=... dbname=...'")
+        return None
+
+
+def default_target_name(params: Mapping[str, Any]) -> str:
+    """``host:port/dbname`` from connection parameters, libpq's defaults filled in.
+
+    >>> default_target_name({"host": "db1", "port": "5433", "dbname": "hiw"})
+    'db1:5433/hiw'
+    >>> default_target_name({"host": "/var/run/postgresql", "user": "mon"})
+    'localhost:5432/mon'
+    """
+    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
+    if host.startswith("/"):
+        host = "localhost"
+    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+    dbname = (params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user")
+              or "postgres")
+    return f"{host}:{port}/{dbname}"
+
+
+def redact(conninfo: str) -> str:
+    """The connection string without its password (for logs and pages).
+
+    >>> redact("postgresql://mon:s3cret@db:5432/hiw")
+    'host=db port=5432 dbname=hiw user=mon'
+    >>> redact("not a dsn")
+    '<unparsable connection string>'
+    """
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "<unparsable connection string>"
+    params.pop("password", None)
+    order = {key: i for i, key in enumerate(_TARGET_PARAMS)}
+    ordered = sorted(params.items(), key=lambda kv: order.get(kv[0], 99))
+    return make_conninfo("", **{key: value for key, value in ordered if value is not None})
+
+
+def _target(raw: Any, path: str, walk: _Walk) -> TargetConfig | None:
+    entry = walk.mapping(raw, path, _TARGET_KEYS)
+    if not isinstance(raw, dict):
+        return None
+    params: dict[str, Any] = {}
+    if "dsn" in entry:
+        if walk.typed(entry["dsn"], f"{path}.dsn", str, "a connection string") is None:
+            return None
+        parsed = _parse_dsn(entry["dsn"], f"{path}.dsn", walk)
+        if parsed is None:
+            return None
+        params.update(parsed)
+    for key in _TARGET_PARAMS:
+        if key in entry:
+            value = entry[key]
+            if key == "port":
+                if walk.typed(value, f"{path}.port", int, "a port number") is None:
+                    continue
+            elif walk.typed(value, f"{path}.{key}", str, "a string") is None:
+                continue
+            params[key] = str(value)
+    if "dsn" not in entry and "host" not in entry and "dbname" not in entry:
+        walk.fail(path, "a target needs a dsn or host/port/dbname/user",
+                  "add dsn: postgresql://user@host:5432/dbname, or host: and dbname:")
+        return None
+    password = params.pop("password", None)
+    sources = [k for k in ("password_env", "password_file") if k in entry]
+    if len(sources) > 1:
+        walk.fail(path, "password_env and password_file are both set", "keep one of them")
+    for key in sources:
+        walk.typed(entry[key], f"{path}.{key}", str, "a string")
+    if "name" in entry:
+        name = walk.typed(entry["name"], f"{path}.name", str, "a string")
+        if name is not None and not name.strip():
+            walk.fail(f"{path}.name", "is empty", "give the target a short stable name")
+            name = None
+    else:
+        name = default_target_name(params)
+    if name is None:
+        return None
+    return TargetConfig(
+        name=name,
+        conninfo=make_conninfo(**params),
+        password=password,
+        password_env=entry.get("password_env"),
+        password_file=entry.get("password_file"),
+    )
+
+
+def _collectors(
+    raw: Any, walk: _Walk, known: Mapping[str, Collector]
+) -> dict[str, CollectorSettings]:
+    section = walk.mapping(raw, "collectors", dict.fromkeys(known, ""))
+    result = {}
+    for name, collector in known.items():
+        path = f"collectors.{name}"
+        allowed = {**_COLLECTOR_KEYS, **dict.fromkeys(collector.options, "")}
+        entry = walk.mapping(section.get(name), path, allowed)
+        enabled = True
+        if "enabled" in entry:
+            enabled = walk.typed(entry["enabled"], f"{path}.enabled", bool, "true or false")
+        interval = collector.interval
+        if "interval" in entry:
+            interval = walk.duration(entry["interval"], f"{path}.interval", 0.1) or interval
+        timeout = collector.timeout
+        if "timeout" in entry:
+            timeout = walk.duration(entry["timeout"], f"{path}.timeout", 0.01) or timeout
+        stale_after = 3 * interval
+        if "stale_after" in entry:
+            stale_after = walk.duration(entry["stale_after"], f"{path}.stale_after", 0.1) or 0.0
+            if stale_after and stale_after < interval:
+                walk.fail(f"{path}.stale_after", "is shorter than the interval",
+                          "use at least the interval (default: 3 x interval)")
+        options = {}
+        for key, spec in collector.options.items():
+            if key in entry:
+                options[key] = walk.option(entry[key], f"{path}.{key}", spec)
+            else:
+                options[key] = spec.default
+        result[name] = CollectorSettings(
+            name=name, enabled=bool(enabled), interval=interval, timeout=timeout,
+            stale_after=stale_after or 3 * interval, options=MappingProxyType(options),
+        )
+    return result
+
+
+def _read_file(path: str) -> Any:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "config file not found",
+                          "check the path given by --config / HIW_MONITOR_CONFIG") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "is a directory, not a config file", "point at the YAML file") \
+            from None
+    except PermissionError:
+        raise ConfigError(path, "config file is not readable by this user",
+                          "fix its permissions or run as its owner") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "config file is not UTF-8 text", "save it as UTF-8") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(path, f"invalid YAML{where}: {problem}",
+                          "fix the YAML syntax (indentation, colons, quotes)") from None
+    return {} if document is None else document
+
+
+def load(
+    overrides: Overrides | None = None,
+    environ: Mapping[str, str] | None = None,
+    known: Mapping[str, Collector] | None = None,
+    *,
+    require_targets: bool = True,
+) -> Config:
+    """Build the effective configuration. Raises :class:`ConfigError` listing every problem."""
+    flags = overrides or Overrides()
+    env = os.environ if environ is None else environ
+    if known is None:
+        from hiw_monitor.collectors import BY_NAME
+
+        known = BY_NAME
+    walk = _Walk()
+
+    config_path = flags.config or env.get(ENV_CONFIG) or None
+    document: Any = _read_file(config_path) if config_path else {}
+    source = config_path or "defaults"
+    if not isinstance(document, dict):
+        raise ConfigError(source, f"the top level must be a mapping, got {_kind(document)}",
+                          "start the file with keys such as targets:, listen:, collectors:")
+    top = walk.mapping(document, "", _TOP_KEYS)
+
+    # targets: a DSN from a flag or the environment replaces the file's list
+    dsn = flags.dsn or env.get(ENV_DSN) or None
+    targets: list[TargetConfig] = []
+    if dsn:
+        where = "--dsn" if flags.dsn else ENV_DSN
+        raw: dict[str, Any] = {"dsn": dsn}
+        name = flags.target_name or env.get(ENV_TARGET_NAME)
+        if name:
+            raw["name"] = name
+        target = _target(raw, where, walk)
+        targets = [target] if target else []
+    elif "targets" in top:
+        raw_targets = top["targets"]
+        if not isinstance(raw_targets, list):
+            walk.fail("targets", f"expected a list, got {_kind(raw_targets)}",
+                      "write each target as a list item starting with '- name:'")
+        else:
+            for index, item in enumerate(raw_targets):
+                target = _target(item, f"targets[{index}]", walk)
+                if target:
+                    targets.append(target)
+    seen: dict[str, int] = {}
+    for index, target in enumerate(targets):
+        if target.name in seen:
+            walk.fail(f"targets[{index}].name", f"duplicate target name {target.name!r} "
+                      f"(also targets[{seen[target.name]}])", "give every target its own name")
+        seen.setdefault(target.name, index)
+    if require_targets and not targets and not walk.problems:
+        walk.fail("targets", "no database to watch",
+                  f"give --dsn, set {ENV_DSN}, or list targets in the config file")
+
+    # listen
+    listen_text = flags.listen or env.get(ENV_LISTEN) or top.get("listen", DEFAULT_LISTEN)
+    listen = ("127.0.0.1", DEFAULT_PORT)
+    if not isinstance(listen_text, str):
+        walk.fail("listen", f"expected host:port, got {_kind(listen_text)}",
+                  f"write it like {DEFAULT_LISTEN}")
+    else:
+        try:
+            listen = parse_listen(listen_text, DEFAULT_PORT)
+        except ValueError as exc:
+            walk.fail("listen", str(exc), f"write it like {DEFAULT_LISTEN}")
+
+    # connection
+    conn_raw = walk.mapping(top.get("connection"), "connection", _CONNECTION_KEYS)
+    defaults = ConnectionSettings()
+    conn_values = {
+        key: walk.duration(value, f"connection.{key}", 0.001) for key, value in conn_raw.items()
+    }
+    connection = ConnectionSettings(**{
+        key: value if value is not None else getattr(defaults, key)
+        for key, value in {**dict.fromkeys(_CONNECTION_KEYS), **conn_values}.items()
+    })
+    if connection.backoff_max < connection.backoff_initial:
+        walk.fail("connection.backoff_max", "is shorter than backoff_initial",
+                  "make backoff_max >= backoff_initial")
+
+    collectors = _collectors(top.get("collectors"), walk, known)
+
+    # log
+    log = walk.mapping(top.get("log"), "log", {"level": "", "format": ""})
+    level = flags.log_level or str(log.get("level", "info"))
+    log_format = flags.log_format or str(log.get("format", "auto"))
+    if level.lower() not in LOG_LEVELS:
+        walk.fail("log.level", f"unknown level {level!r}", f"use one of {', '.join(LOG_LEVELS)}")
+    if log_format not in LOG_FORMATS:
+        walk.fail("log.format", f"unknown format {log_format!r}",
+                  f"use one of {', '.join(LOG_FORMATS)}")
+
+    if walk.problems:
+        raise ConfigError.combine(walk.problems)
+    return Config(
+        targets=tuple(targets),
+        listen=listen,
+        connection=connection,
+        collectors=MappingProxyType(collectors),
+        log_level=level.lower(),
+        log_format=log_format,
+        source=source,
+    )

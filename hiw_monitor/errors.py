@@ -1,0 +1,104 @@
+"""Errors the agent expects, and how a database error maps to a reason and its fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import errors as pgerr
+
+
+class HiwError(Exception):
+    """Base of every error the agent expects and reports without a traceback."""
+
+
+class ConfigError(HiwError):
+    """A configuration problem: where it is, what is wrong, how to fix it. Exit code 2.
+
+    Validation reports every problem it finds at once: ``also`` holds the others.
+    """
+
+    def __init__(
+        self, path: str, problem: str, fix: str = "", also: tuple[ConfigError, ...] = ()
+    ) -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        self.also = also
+        super().__init__(self.message)
+
+    @property
+    def line(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{where}{self.problem}" + (f" (fix: {self.fix})" if self.fix else "")
+
+    @property
+    def message(self) -> str:
+        return "\n".join([self.line, *(other.line for other in self.also)])
+
+    @classmethod
+    def combine(cls, problems: list[ConfigError]) -> ConfigError:
+        first, *rest = problems
+        return cls(first.path, first.problem, first.fix, tuple(rest))
+
+
+class TargetUnavailable(HiwError):  # noqa: N818 - a state, not a bug
+    """The target has no usable connection right now (down, or waiting out a backoff)."""
+
+    def __init__(self, reason: Reason) -> None:
+        self.reason = reason
+        super().__init__(reason.text)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a collection failed: a short stable code (a label value) and a human text."""
+
+    code: str
+    text: str
+
+
+_BY_CLASS: tuple[tuple[type[psycopg.Error], str, str], ...] = (
+    (pgerr.QueryCanceled, "timeout",
+     "the query hit statement_timeout; raise the collector's timeout"),
+    (pgerr.LockNotAvailable, "lock_timeout", "a lock was not granted within lock_timeout"),
+    (pgerr.InsufficientPrivilege, "permission_denied",
+     "grant pg_monitor and SELECT on the app tables to the monitoring role (see README)"),
+    (pgerr.InvalidPassword, "auth_failed", "check the password (password_env / password_file)"),
+    (pgerr.InvalidAuthorizationSpecification, "auth_failed",
+     "check the user name and pg_hba.conf for this client"),
+    (pgerr.UndefinedTable, "undefined_table", "the table or view is missing on this server"),
+    (pgerr.UndefinedFunction, "undefined_function",
+     "the function is missing; is the extension installed in this database?"),
+    (pgerr.UndefinedColumn, "undefined_column", "a column is missing on this server version"),
+    (pgerr.ObjectNotInPrerequisiteState, "not_ready",
+     "a prerequisite is missing (e.g. pg_stat_statements not in shared_preload_libraries)"),
+    (pgerr.TooManyConnections, "too_many_connections",
+     "the server has no free connection slot; raise max_connections or free a slot"),
+    (pgerr.CannotConnectNow, "starting_up", "the server is starting up or shutting down"),
+    (pgerr.AdminShutdown, "connection", "the server terminated the connection"),
+    (pgerr.InvalidCatalogName, "unknown_database", "the database does not exist; check dbname"),
+)
+
+
+def classify(exc: BaseException) -> Reason:
+    """Map an exception to a stable reason code and a one-line, secret-free explanation.
+
+    Classification uses psycopg's SQLSTATE classes, never the message text.
+    """
+    for cls, code, fix in _BY_CLASS:
+        if isinstance(exc, cls):
+            return Reason(code, f"{_first_line(exc)}; {fix}")
+    if isinstance(exc, TargetUnavailable):
+        return exc.reason
+    if isinstance(exc, psycopg.OperationalError):
+        return Reason("connection", _first_line(exc))
+    if isinstance(exc, psycopg.Error):
+        sqlstate = getattr(exc, "sqlstate", None) or "unknown"
+        return Reason(f"sqlstate_{sqlstate}".lower(), _first_line(exc))
+    return Reason("internal", f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

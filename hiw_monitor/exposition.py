@@ -1,0 +1,155 @@
+"""Render the snapshot as Prometheus text or OpenMetrics, with self-metrics.
+
+Rendering reads only the :class:`SnapshotStore`: no database work happens on a scrape.
+The bytes are cached per (store version, format, gzip) and re-rendered when the store
+changes or when the next stale deadline passes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as text_format
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.registry import Collector as RegistryCollector
+
+from hiw_monitor import __version__
+from hiw_monitor.snapshot import Sample, SnapshotStore, TargetState
+
+TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
+OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
+
+
+def self_metrics(
+    targets: Iterable[TargetState], samples: Iterable[Sample], now: float
+) -> list[Metric]:
+    """The agent's own families, computed from the records (one source of truth)."""
+    up = GaugeMetricFamily("hiw_up", "1 if the agent's connection to the target works.",
+                           labels=["target"])
+    build = GaugeMetricFamily("hiw_build_info", "Agent version and the target's server version.",
+                              labels=["target", "version", "server_version"])
+    for t in targets:
+        up.add_metric([t.name], 1.0 if t.up else 0.0)
+        build.add_metric([t.name, __version__, t.server_version or "unknown"], 1.0)
+    pair = ["target", "collector"]
+    c_up = GaugeMetricFamily("hiw_collector_up",
+                             "1 if the collector's latest run succeeded.", labels=pair)
+    c_dur = GaugeMetricFamily("hiw_collector_duration_seconds",
+                              "Wall time of the collector's latest run.", labels=pair)
+    c_last = GaugeMetricFamily("hiw_collector_last_success_timestamp_seconds",
+                               "When the collector last succeeded (Unix time).", labels=pair)
+    c_err = CounterMetricFamily("hiw_collector_errors", "Failed runs of the collector.",
+                                labels=pair)
+    c_runs = CounterMetricFamily("hiw_collector_runs", "Runs of the collector.", labels=pair)
+    c_stale = GaugeMetricFamily(
+        "hiw_collector_stale",
+        "1 while the collector's series are withheld because its last success is too old.",
+        labels=pair)
+    c_reason = GaugeMetricFamily(
+        "hiw_collector_last_error_info",
+        "Present with value 1 while the collector's latest run failed; reason says why.",
+        labels=[*pair, "reason"])
+    for s in samples:
+        labels = [s.target, s.collector]
+        c_up.add_metric(labels, 1.0 if s.ok else 0.0)
+        c_dur.add_metric(labels, s.duration)
+        if s.last_success_at is not None:
+            c_last.add_metric(labels, s.last_success_at)
+        c_err.add_metric(labels, float(s.errors_total))
+        c_runs.add_metric(labels, float(s.runs_total))
+        c_stale.add_metric(labels, 0.0 if s.fresh(now) or s.finished_at is None else 1.0)
+        if s.error is not None:
+            c_reason.add_metric([*labels, s.error.code], 1.0)
+    return [up, build, c_up, c_dur, c_last, c_err, c_runs, c_stale, c_reason]
+
+
+def merge_families(families: Iterable[Metric]) -> list[Metric]:
+    """One family per metric name: the samples of every target under one HELP/TYPE."""
+    merged: dict[str, Metric] = {}
+    for family in families:
+        into = merged.get(family.name)
+        if into is None:
+            into = Metric(family.name, family.documentation, family.type, family.unit)
+            merged[family.name] = into
+        into.samples.extend(family.samples)
+    return list(merged.values())
+
+
+class _Frozen(RegistryCollector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+def render(families: list[Metric], *, openmetrics_format: bool) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Frozen(families))
+    if openmetrics_format:
+        body: bytes = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
+    else:
+        body = text_format.generate_latest(registry)
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    body: bytes
+    content_type: str
+    gzipped: bool
+
+
+class Exposition:
+    """Cached rendering of a :class:`SnapshotStore`."""
+
+    def __init__(self, store: SnapshotStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[bool, bool], Rendered] = {}
+        self._cache_version = -1
+        self._valid_until = 0.0
+        self._families: list[Metric] = []
+
+    def families(self) -> list[Metric]:
+        """Every family to expose right now: fresh collector series plus self-metrics."""
+        now = self.clock()
+        version, targets, samples = self.store.view()
+        out: list[Metric] = []
+        valid_until = float("inf")
+        for s in samples:
+            if s.fresh(now):
+                out.extend(s.families)
+                assert s.last_success_at is not None
+                valid_until = min(valid_until, s.last_success_at + s.stale_after)
+        out.extend(self_metrics(targets, samples, now))
+        self._cache_version, self._valid_until = version, valid_until
+        return merge_families(out)
+
+    def get(self, *, openmetrics_format: bool = False, gzipped: bool = False) -> Rendered:
+        with self._lock:
+            now = self.clock()
+            if self.store.version != self._cache_version or now >= self._valid_until:
+                self._cache.clear()
+                self._families = self.families()
+            key = (openmetrics_format, gzipped)
+            cached = self._cache.get(key)
+            if cached is None:
+                plain = self._cache.get((openmetrics_format, False))
+                body = plain.body if plain else render(self._families,
+                                                       openmetrics_format=openmetrics_format)
+                content_type = OPENMETRICS_CONTENT_TYPE if openmetrics_format \
+                    else TEXT_CONTENT_TYPE
+                if gzipped:
+                    self._cache[(openmetrics_format, False)] = Rendered(body, content_type, False)
+                    body = gzip.compress(body, compresslevel=6, mtime=0)
+                cached = Rendered(body, content_type, gzipped)
+                self._cache[key] = cached
+            return cached

@@ -1,0 +1,184 @@
+"""A watched database: one dedicated connection and all of its policy.
+
+Every safety setting lives here: autocommit, ``application_name=hiw_monitor``,
+``connect_timeout``, ``statement_timeout``, ``lock_timeout`` and read-only transactions,
+TCP keepalives, reconnect with exponential backoff and full jitter, and a lock so that
+the collectors of one target take turns on its connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg.rows import dict_row
+
+from hiw_monitor.collectors.base import ServerInfo
+from hiw_monitor.config import ConnectionSettings, TargetConfig, redact
+from hiw_monitor.errors import Reason, TargetUnavailable, classify
+
+APPLICATION_NAME = "hiw_monitor"
+log = structlog.get_logger("hiw_monitor.target")
+
+_SERVER_INFO_SQL = """
+SELECT current_setting('server_version_num')::int AS version_num,
+       current_setting('server_version') AS version,
+       pg_catalog.pg_is_in_recovery() AS in_recovery,
+       coalesce((SELECT pg_catalog.json_object_agg(extname, extversion)
+                 FROM pg_catalog.pg_extension), '{}') AS extensions
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class Target:
+    """One database, one connection, one lock. Thread-safe."""
+
+    def __init__(self, config: TargetConfig, settings: ConnectionSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.name = config.name
+        self.redacted = redact(config.conninfo)
+        self.server: ServerInfo | None = None
+        self.up = False
+        self.last_error: Reason | None = None
+        self.lock = threading.Lock()
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._state_lock = threading.Lock()  # guards _conn for cancel() from other threads
+
+    # --- connecting ---------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        s = self.settings
+        options = (
+            f"-c statement_timeout={_ms(s.statement_timeout)} "
+            f"-c lock_timeout={_ms(s.lock_timeout)} "
+            "-c default_transaction_read_only=on "
+            "-c idle_in_transaction_session_timeout=60000"
+        )
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": max(1, round(s.connect_timeout)),
+            "options": options,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "row_factory": dict_row,
+        }
+        password = self.config.resolve_password()
+        if password is not None:
+            kwargs["password"] = password
+        return psycopg.connect(self.config.conninfo, **kwargs)
+
+    def _ensure_connected(self) -> psycopg.Connection[dict[str, Any]]:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._drop()
+        now = time.monotonic()
+        if now < self._next_attempt and self.last_error is not None:
+            raise TargetUnavailable(Reason(
+                self.last_error.code,
+                f"{self.last_error.text} (next reconnect in {self._next_attempt - now:.1f}s)",
+            ))
+        try:
+            conn = self._connect()
+            row = conn.execute(_SERVER_INFO_SQL).fetchone()
+        except (psycopg.Error, OSError) as exc:
+            self._mark_down(exc)
+            raise TargetUnavailable(self.last_error or classify(exc)) from exc
+        assert row is not None
+        self.server = ServerInfo(
+            version_num=int(row["version_num"]),
+            version=str(row["version"]).split()[0],
+            in_recovery=bool(row["in_recovery"]),
+            extensions=dict(row["extensions"]),
+        )
+        with self._state_lock:
+            self._conn = conn
+        if self._failures or not self.up:
+            log.info("connected", target=self.name, dsn=self.redacted,
+                     server_version=self.server.version, in_recovery=self.server.in_recovery)
+        self._failures = 0
+        self.up = True
+        self.last_error = None
+        return conn
+
+    def _mark_down(self, exc: BaseException) -> None:
+        reason = classify(exc)
+        self._failures += 1
+        ceiling = min(self.settings.backoff_max,
+                      self.settings.backoff_initial * 2 ** (self._failures - 1))
+        # full jitter between half and all of the ceiling: agents restarted together spread out
+        delay = ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+        self._next_attempt = time.monotonic() + delay
+        if self.up or self.last_error is None or self.last_error.code != reason.code:
+            log.warning("target_down", target=self.name, dsn=self.redacted, reason=reason.code,
+                        error=reason.text, retry_in_s=round(delay, 1))
+        self.up = False
+        self.last_error = reason
+
+    def _drop(self) -> None:
+        with self._state_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # --- using ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, timeout: float) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+        """One short read-only transaction with ``statement_timeout`` set to ``timeout``.
+
+        The caller must hold ``self.lock``. A connection-level failure closes the
+        connection and marks the target down; the next call reconnects (with backoff
+        after repeated failures). Query errors propagate unchanged.
+        """
+        conn = self._ensure_connected()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)",
+                            [str(_ms(timeout))])
+                yield cur
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:  # the connection is gone, not just this query
+                self._drop()
+                # a connection that worked until now gets one immediate retry
+                self._mark_down(exc)
+                if self._failures == 1:
+                    self._next_attempt = 0.0
+            raise
+
+    def check(self) -> bool:
+        """Connect if needed (honouring backoff); True when the target is reachable."""
+        with self.lock:
+            try:
+                self._ensure_connected()
+            except TargetUnavailable:
+                return False
+            return True
+
+    def cancel(self) -> None:
+        """Cancel the query in flight, if any (used at shutdown); safe from any thread."""
+        with self._state_lock:
+            conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.cancel_safe(timeout=2.0)
+
+    def close(self) -> None:
+        self._drop()
+        self.up = False

