@@ -55,7 +55,7 @@ class Server:
     def target(self, name: str | None = None, **settings: float) -> Target:
         return Target(self.target_config(name), ConnectionSettings(**settings))
 
-    def admin(self, dbname: str = HIW_DB):  # noqa: ANN201 - psycopg connection
+    def admin(self, dbname: str = HIW_DB):
         return self.cluster.connect(dbname)
 
 
