@@ -189,7 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"hiw-monitor: configuration error: {exc.message}", file=sys.stderr)
+        where = f" in {exc.source}" if exc.source else ""
+        if exc.also:
+            lines = "\n".join(f"  {line}" for line in exc.message.splitlines())
+            print(f"hiw-monitor: configuration error{where}: {1 + len(exc.also)} problems:\n"
+                  f"{lines}", file=sys.stderr)
+        else:
+            print(f"hiw-monitor: configuration error{where}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     except HiwError as exc:
         print(f"hiw-monitor: {exc}", file=sys.stderr)

@@ -129,9 +129,9 @@ class _Walk:
     def duration(self, value: Any, path: str, minimum: float = 0.0) -> float | None:
         try:
             seconds = parse_duration(value)
-        except (ValueError, TypeError) as exc:
-            self.fail(path, str(exc) if isinstance(exc, ValueError) else f"{value!r} is not a "
-                      "duration", "write it like 500ms, 15s, 5m, 1h or 1d")
+        except (ValueError, TypeError):
+            self.fail(path, f"{value!r} is not a valid duration",
+                      "write a positive duration like 500ms, 15s, 5m, 1h or 1d")
             return None
         if seconds < minimum:
             self.fail(path, f"{value!r} is too short", f"use at least {minimum:g}s")
@@ -258,7 +258,11 @@ def _target(raw: Any, path: str, walk: _Walk) -> TargetConfig | None:
         if key in entry:
             value = entry[key]
             if key == "port":
-                if walk.typed(value, f"{path}.port", int, "a port number") is None:
+                numeric = (isinstance(value, int) and not isinstance(value, bool)) or (
+                    isinstance(value, str) and value.isdigit())
+                if not numeric or not 0 < int(value) < 65536:
+                    walk.fail(f"{path}.port", f"{value!r} is not a port number",
+                              "write a number between 1 and 65535")
                     continue
             elif walk.typed(value, f"{path}.{key}", str, "a string") is None:
                 continue
@@ -448,7 +452,9 @@ def load(
                   f"use one of {', '.join(LOG_FORMATS)}")
 
     if walk.problems:
-        raise ConfigError.combine(walk.problems)
+        error = ConfigError.combine(walk.problems)
+        error.source = config_path or ""
+        raise error
     return Config(
         targets=tuple(targets),
         listen=listen,

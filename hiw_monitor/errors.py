@@ -25,6 +25,7 @@ class ConfigError(HiwError):
         self.problem = problem
         self.fix = fix
         self.also = also
+        self.source = ""  # the config file the problems are in, when there is one
         super().__init__(self.message)
 
     @property
