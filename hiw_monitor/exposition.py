@@ -47,6 +47,10 @@ def self_metrics(
     c_err = CounterMetricFamily("hiw_collector_errors", "Failed runs of the collector.",
                                 labels=pair)
     c_runs = CounterMetricFamily("hiw_collector_runs", "Runs of the collector.", labels=pair)
+    c_skip = CounterMetricFamily(
+        "hiw_collector_skipped",
+        "Scheduled runs skipped: still_running (previous run not done) or missed.",
+        labels=[*pair, "reason"])
     c_stale = GaugeMetricFamily(
         "hiw_collector_stale",
         "1 while the collector's series are withheld because its last success is too old.",
@@ -66,7 +70,9 @@ def self_metrics(
         c_stale.add_metric(labels, 0.0 if s.fresh(now) or s.finished_at is None else 1.0)
         if s.error is not None:
             c_reason.add_metric([*labels, s.error.code], 1.0)
-    return [up, build, c_up, c_dur, c_last, c_err, c_runs, c_stale, c_reason]
+        for reason, count in s.skipped:
+            c_skip.add_metric([*labels, reason], float(count))
+    return [up, build, c_up, c_dur, c_last, c_err, c_runs, c_skip, c_stale, c_reason]
 
 
 def merge_families(families: Iterable[Metric]) -> list[Metric]:

@@ -8,7 +8,6 @@ first seconds after start.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -36,10 +35,9 @@ class Agent:
         self.config = config
         self.store = store or SnapshotStore()
         self.targets = [Target(t, config.connection) for t in config.targets]
-        self.skipped: dict[tuple[str, str], int] = {}
+        self._job_keys: dict[str, tuple[str, str]] = {}  # job id -> (target, collector)
         self.heartbeat = time.monotonic()
         self._scheduler: BackgroundScheduler | None = None
-        self._lock = threading.Lock()
         for target in self.targets:
             for settings in config.enabled_collectors:
                 self.store.register(target.name, target.redacted, settings.name,
@@ -62,6 +60,7 @@ class Agent:
             settings = self.config.collectors[name]
             # spread first runs over up to 2 s so start-up is not one burst
             first = start + timedelta(seconds=min(2.0, settings.interval) * index / len(pairs))
+            self._job_keys[f"{target.name}/{name}"] = (target.name, name)
             scheduler.add_job(
                 self.run_one, IntervalTrigger(seconds=settings.interval,
                                               jitter=min(1.0, settings.interval * 0.05)),
@@ -99,9 +98,9 @@ class Agent:
 
     def _on_skip(self, event: JobExecutionEvent) -> None:
         reason = "missed" if event.code == EVENT_JOB_MISSED else "still_running"
-        with self._lock:
-            key = (event.job_id, reason)
-            self.skipped[key] = self.skipped.get(key, 0) + 1
+        key = self._job_keys.get(event.job_id)
+        if key is not None:
+            self.store.record_skip(*key, reason)
         log.warning("collection_skipped", job=event.job_id, reason=reason)
 
     def stop(self) -> None:

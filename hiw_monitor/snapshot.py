@@ -34,6 +34,7 @@ class Sample:
     last_success_at: float | None = None
     errors_total: int = 0
     runs_total: int = 0
+    skipped: tuple[tuple[str, int], ...] = ()  # (reason, count): runs the scheduler skipped
 
     @property
     def ok(self) -> bool:
@@ -91,6 +92,15 @@ class SnapshotStore:
             self._samples[(target, collector)] = new
             self.version += 1
             return new
+
+    def record_skip(self, target: str, collector: str, reason: str) -> None:
+        """The scheduler skipped a run (previous one still running, or missed its slot)."""
+        with self._lock:
+            old = self._samples[(target, collector)]
+            counts = dict(old.skipped)
+            counts[reason] = counts.get(reason, 0) + 1
+            self._samples[(target, collector)] = replace(old, skipped=tuple(sorted(counts.items())))
+            self.version += 1
 
     def set_target(self, name: str, *, up: bool, server_version: str = "",
                    error: Reason | None = None) -> None:

@@ -1,0 +1,45 @@
+"""docs/metrics.md lists exactly the metrics the code exports (PostgreSQL 15 and 18)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hiw_monitor.collect import run_collection
+from hiw_monitor.collectors import ALL
+from hiw_monitor.config import load
+from hiw_monitor.exposition import self_metrics
+from hiw_monitor.snapshot import SnapshotStore
+
+pytestmark = pytest.mark.integration
+CATALOG = Path(__file__).parents[2] / "docs" / "metrics.md"
+
+
+def catalog_names() -> set[str]:
+    return set(re.findall(r"^\| `(hiw_[a-z_]+)` \|", CATALOG.read_text(), re.MULTILINE))
+
+
+def exposed_name(family) -> str:
+    return f"{family.name}_total" if family.type == "counter" else family.name
+
+
+
+
+def test_catalog_matches_the_code(pg):
+    settings = load(environ={}, require_targets=False).collectors
+    store = SnapshotStore()
+    target = pg.target()
+    names: set[str] = set()
+    for collector in ALL:
+        store.register(target.name, target.redacted, collector.name, 15, 45)
+        sample = run_collection(target, collector, settings[collector.name], store)
+        assert sample.error is None, sample.error
+        names |= {exposed_name(f) for f in sample.families}
+    target.close()
+    _, targets, samples = store.view()
+    names |= {exposed_name(f) for f in self_metrics(targets, samples, 0.0)}
+    documented = catalog_names()
+    assert names - documented == set(), "exported but missing from docs/metrics.md"
+    assert documented - names == set(), "documented in docs/metrics.md but not exported"
