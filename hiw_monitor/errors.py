@@ -93,11 +93,38 @@ def classify(exc: BaseException) -> Reason:
     if isinstance(exc, TargetUnavailable):
         return exc.reason
     if isinstance(exc, psycopg.OperationalError):
-        return Reason("connection", _first_line(exc))
+        return _connect_failure(exc)
     if isinstance(exc, psycopg.Error):
         sqlstate = getattr(exc, "sqlstate", None) or "unknown"
         return Reason(f"sqlstate_{sqlstate}".lower(), _first_line(exc))
     return Reason("internal", f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+# libpq reports no SQLSTATE for errors raised while connecting (psycopg's sqlstate is None),
+# so these are told apart by the server's (English, libpq-prefixed) FATAL text. This is
+# the one place that reads message text, and only to pick a hint: anything unmatched is
+# still a plain "connection" failure with the full first line.
+_CONNECT_HINTS: tuple[tuple[str, str, str], ...] = (
+    ("password authentication failed", "auth_failed",
+     "check the password (password_env / password_file) and the role name"),
+    ("no pg_hba.conf entry", "auth_failed", "allow this client in pg_hba.conf"),
+    ("does not exist", "unknown_database", "check dbname and user"),
+    ("too many clients already", "too_many_connections",
+     "the server has no free connection slot; raise max_connections or free a slot"),
+    ("remaining connection slots are reserved", "too_many_connections",
+     "the server has no free non-reserved slot; raise max_connections or free a slot"),
+    ("the database system is starting up", "starting_up", "the server is starting; retrying"),
+    ("the database system is shutting down", "starting_up", "the server is shutting down"),
+    ("timeout expired", "connection", "no answer within connect_timeout; check network/host"),
+)
+
+
+def _connect_failure(exc: psycopg.OperationalError) -> Reason:
+    text = _first_line(exc)
+    for needle, code, fix in _CONNECT_HINTS:
+        if needle in text:
+            return Reason(code, f"{text}; {fix}")
+    return Reason("connection", text)
 
 
 def _first_line(exc: BaseException) -> str:
