@@ -173,7 +173,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         collectors=base.collectors, log_level=base.log_level,
                         log_format=base.log_format, source="demo")
         log.info("demo_ready", postgres=f"{cluster.major} on 127.0.0.1:{cluster.port}",
-                 database="heroes_in_waiting", monitor_role="hiw_monitor")
+                 database="heroes_in_waiting", monitor_role="hiw_monitor",
+                 data_dir=str(cluster.base))
         try:
             return serve_agent(config, duration=args.duration)
         finally:
