@@ -115,7 +115,8 @@ class Rendered:
 class Exposition:
     """Cached rendering of a :class:`SnapshotStore`."""
 
-    def __init__(self, store: SnapshotStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: SnapshotStore, clock: Callable[[], float] = time.time,
+                 *, prerender: bool = True) -> None:
         self.store = store
         self.clock = clock
         self._lock = threading.Lock()
@@ -123,6 +124,9 @@ class Exposition:
         self._cache_version = -1
         self._valid_until = 0.0
         self._families: list[Metric] = []
+        if prerender:
+            # render once per update, in the collecting thread, so scrapes only copy bytes
+            store.subscribe(lambda: self.get())
 
     def families(self) -> list[Metric]:
         """Every family to expose right now: fresh collector series plus self-metrics."""

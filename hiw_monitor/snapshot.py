@@ -7,7 +7,7 @@ lock and bumps a version; rendering (``exposition.py``) is cached per version.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from prometheus_client.core import Metric
@@ -61,7 +61,16 @@ class SnapshotStore:
         self._lock = threading.Lock()
         self._samples: dict[tuple[str, str], Sample] = {}
         self._targets: dict[str, TargetState] = {}
+        self._listeners: list[Callable[[], None]] = []
         self.version = 0
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (in the collecting thread) after every recorded run."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def register(self, target: str, dsn: str, collector: str, interval: float,
                  stale_after: float) -> None:
@@ -81,7 +90,8 @@ class SnapshotStore:
                           runs_total=old.runs_total + 1)
             self._samples[(target, collector)] = new
             self.version += 1
-            return new
+        self._notify()
+        return new
 
     def record_failure(self, target: str, collector: str, error: Reason, finished_at: float,
                        duration: float) -> Sample:
@@ -91,7 +101,8 @@ class SnapshotStore:
                           errors_total=old.errors_total + 1, runs_total=old.runs_total + 1)
             self._samples[(target, collector)] = new
             self.version += 1
-            return new
+        self._notify()
+        return new
 
     def record_skip(self, target: str, collector: str, reason: str) -> None:
         """The scheduler skipped a run (previous one still running, or missed its slot)."""

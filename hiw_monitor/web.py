@@ -32,6 +32,10 @@ class _Server(ThreadingMixIn, WSGIServer):
     request_queue_size = 128
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = 30  # a client that sends nothing for 30 s is dropped
 
@@ -147,7 +151,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.error{{background
 def serve(app: App, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
     """Bind and serve in a daemon thread. A busy or forbidden address is a ConfigError."""
     try:
-        server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+        server = make_server(host, port, app, server_class=_Server6 if ":" in host else _Server,
+                             handler_class=_QuietHandler)
     except OSError as exc:
         where = f"listen {host}:{port}"
         if exc.errno == errno.EADDRINUSE:
