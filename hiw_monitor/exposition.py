@@ -126,7 +126,10 @@ class Exposition:
         self._families: list[Metric] = []
         if prerender:
             # render once per update, in the collecting thread, so scrapes only copy bytes
-            store.subscribe(lambda: self.get())
+            store.subscribe(self._prerender)
+
+    def _prerender(self) -> None:
+        self.get()
 
     def families(self) -> list[Metric]:
         """Every family to expose right now: fresh collector series plus self-metrics."""
