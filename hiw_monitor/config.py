@@ -207,7 +207,7 @@ def _parse_dsn(dsn: str, path: str, walk: _Walk) -> dict[str, Any] | None:
         return None
 
 
-def default_target_name(params: Mapping[str, Any]) -> str:
+def default_target_name(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str:
     """``host:port/dbname`` from connection parameters, libpq's defaults filled in.
 
     >>> default_target_name({"host": "db1", "port": "5433", "dbname": "hiw"})
@@ -215,11 +215,12 @@ def default_target_name(params: Mapping[str, Any]) -> str:
     >>> default_target_name({"host": "/var/run/postgresql", "user": "mon"})
     'localhost:5432/mon'
     """
-    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
+    env = os.environ if env is None else env
+    host = str(params.get("host") or env.get("PGHOST") or "localhost")
     if host.startswith("/"):
         host = "localhost"
-    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
-    dbname = (params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user")
+    port = str(params.get("port") or env.get("PGPORT") or "5432")
+    dbname = (params.get("dbname") or env.get("PGDATABASE") or params.get("user")
               or "postgres")
     return f"{host}:{port}/{dbname}"
 
@@ -242,15 +243,18 @@ def redact(conninfo: str) -> str:
     return make_conninfo("", **{key: value for key, value in ordered if value is not None})
 
 
-def _target(raw: Any, path: str, walk: _Walk) -> TargetConfig | None:
-    entry = walk.mapping(raw, path, _TARGET_KEYS)
+def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetConfig | None:
     if not isinstance(raw, dict):
+        walk.fail(path, f"expected a mapping, got {_kind(raw)}",
+                  "write the target as name:, dsn: (or host:, dbname:) under the '-'")
         return None
+    entry = walk.mapping(raw, path, _TARGET_KEYS)
     params: dict[str, Any] = {}
     if "dsn" in entry:
-        if walk.typed(entry["dsn"], f"{path}.dsn", str, "a connection string") is None:
+        dsn_path = path if path.startswith(("--", "HIW_")) else f"{path}.dsn"
+        if walk.typed(entry["dsn"], dsn_path, str, "a connection string") is None:
             return None
-        parsed = _parse_dsn(entry["dsn"], f"{path}.dsn", walk)
+        parsed = _parse_dsn(entry["dsn"], dsn_path, walk)
         if parsed is None:
             return None
         params.update(parsed)
@@ -283,7 +287,7 @@ def _target(raw: Any, path: str, walk: _Walk) -> TargetConfig | None:
             walk.fail(f"{path}.name", "is empty", "give the target a short stable name")
             name = None
     else:
-        name = default_target_name(params)
+        name = default_target_name(params, env)
     if name is None:
         return None
     return TargetConfig(
@@ -384,15 +388,15 @@ def load(
 
     # targets: a DSN from a flag or the environment replaces the file's list
     dsn = flags.dsn or env.get(ENV_DSN) or None
-    targets: list[TargetConfig] = []
+    targets: list[tuple[str, TargetConfig]] = []  # (where in the input, target)
     if dsn:
         where = "--dsn" if flags.dsn else ENV_DSN
         raw: dict[str, Any] = {"dsn": dsn}
         name = flags.target_name or env.get(ENV_TARGET_NAME)
         if name:
             raw["name"] = name
-        target = _target(raw, where, walk)
-        targets = [target] if target else []
+        target = _target(raw, where, walk, env)
+        targets = [(where, target)] if target else []
     elif "targets" in top:
         raw_targets = top["targets"]
         if not isinstance(raw_targets, list):
@@ -400,15 +404,15 @@ def load(
                       "write each target as a list item starting with '- name:'")
         else:
             for index, item in enumerate(raw_targets):
-                target = _target(item, f"targets[{index}]", walk)
+                target = _target(item, f"targets[{index}]", walk, env)
                 if target:
-                    targets.append(target)
-    seen: dict[str, int] = {}
-    for index, target in enumerate(targets):
+                    targets.append((f"targets[{index}]", target))
+    seen: dict[str, str] = {}
+    for where, target in targets:
         if target.name in seen:
-            walk.fail(f"targets[{index}].name", f"duplicate target name {target.name!r} "
-                      f"(also targets[{seen[target.name]}])", "give every target its own name")
-        seen.setdefault(target.name, index)
+            walk.fail(f"{where}.name", f"duplicate target name {target.name!r} "
+                      f"(also {seen[target.name]})", "give every target its own name")
+        seen.setdefault(target.name, where)
     if require_targets and not targets and not walk.problems:
         walk.fail("targets", "no database to watch",
                   f"give --dsn, set {ENV_DSN}, or list targets in the config file")
@@ -456,7 +460,7 @@ def load(
         error.source = config_path or ""
         raise error
     return Config(
-        targets=tuple(targets),
+        targets=tuple(target for _, target in targets),
         listen=listen,
         connection=connection,
         collectors=MappingProxyType(collectors),

@@ -5,10 +5,20 @@ Pure functions, no I/O. Examples here run as doctests.
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")  # no exponents, underscores, nan or inf
+
+
+def _finite_non_negative(seconds: float, original: object) -> float:
+    if not math.isfinite(seconds):
+        raise ValueError(f"{original!r} is not a finite duration")
+    if seconds < 0:
+        raise ValueError(f"{original!r} is negative; a duration must be >= 0")
+    return seconds
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -24,22 +34,14 @@ def parse_duration(text: str | int | float) -> float:
     Traceback (most recent call last):
     ValueError: 'soon' is not a duration; write it like 500ms, 15s, 5m, 1h or 1d
     """
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise ValueError(  # noqa: TRY004 - callers handle one error type for bad input
             f"{text!r} is not a duration; write it like 500ms, 15s, 5m, 1h or 1d")
     if isinstance(text, int | float):
-        if text < 0:
-            raise ValueError(f"{text!r} is negative; a duration must be >= 0")
-        return float(text)
+        return _finite_non_negative(float(text), text)
     cleaned = text.strip().replace(" ", "")
-    try:
-        seconds = float(cleaned)
-    except ValueError:
-        pass
-    else:
-        if seconds < 0:
-            raise ValueError(f"{text!r} is negative; a duration must be >= 0")
-        return seconds
+    if _PLAIN_NUMBER.fullmatch(cleaned):
+        return _finite_non_negative(float(cleaned), text)
     position = 0
     total = 0.0
     for match in _DURATION_PART.finditer(cleaned):

@@ -43,6 +43,22 @@ class _QuietHandler(WSGIRequestHandler):
         """Access logs are noise for a scrape target; errors still surface via WSGI."""
 
 
+def _accepted(header: str) -> set[str]:
+    """Media types or codings an Accept(-Encoding) header allows (q=0 means refused).
+
+    >>> sorted(_accepted("gzip;q=0, br, application/openmetrics-text; version=1.0.0"))
+    ['application/openmetrics-text', 'br']
+    """
+    allowed = set()
+    for part in header.split(","):
+        value, *params = (p.strip() for p in part.split(";"))
+        refused = any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+                      for p in params)
+        if value and not refused:
+            allowed.add(value.lower())
+    return allowed
+
+
 def _age(now: float, then: float | None) -> str:
     if then is None:
         return "never"
@@ -62,7 +78,8 @@ class App:
         path = environ.get("PATH_INFO", "/")
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
-            return self._plain(start_response, "405 Method Not Allowed", "use GET\n")
+            return self._plain(start_response, "405 Method Not Allowed", "use GET\n",
+                               [("Allow", "GET, HEAD")])
         if path == "/metrics":
             body = self._metrics(environ, start_response)
         elif path == "/healthz":
@@ -84,17 +101,16 @@ class App:
         return [] if method == "HEAD" else body
 
     @staticmethod
-    def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:
+    def _plain(start_response: StartResponse, status: str, text: str,
+               extra: list[tuple[str, str]] | None = None) -> list[bytes]:
         data = text.encode()
         start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                                ("Content-Length", str(len(data)))])
+                                ("Content-Length", str(len(data))), *(extra or [])])
         return [data]
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        accept = environ.get("HTTP_ACCEPT", "")
-        openmetrics = any(part.strip().startswith("application/openmetrics-text")
-                          for part in accept.split(","))
-        gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+        openmetrics = "application/openmetrics-text" in _accepted(environ.get("HTTP_ACCEPT", ""))
+        gzipped = "gzip" in _accepted(environ.get("HTTP_ACCEPT_ENCODING", ""))
         rendered = self.exposition.get(openmetrics_format=openmetrics, gzipped=gzipped)
         headers = [("Content-Type", rendered.content_type),
                    ("Content-Length", str(len(rendered.body))), ("Vary", "Accept-Encoding")]

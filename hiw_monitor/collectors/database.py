@@ -19,7 +19,6 @@ from hiw_monitor.collectors.base import (
     VersionedSQL,
     counter,
     gauge,
-    number,
 )
 
 WRAPAROUND_LIMIT = 2**31  # transaction IDs are 32-bit, compared modulo 2^31
@@ -150,10 +149,12 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
             ratio.add_metric(labels, float(hit) / float(hit + read))
         if row["size_bytes"] is not None:
             size.add_metric(labels, float(row["size_bytes"]))
-        xid_age.add_metric(labels, number(row["xid_age"]))
-        mxid_age.add_metric(labels, number(row["mxid_age"]))
-        wrap.add_metric(labels, float(row["xid_age"]) / WRAPAROUND_LIMIT)
-        freeze.add_metric(labels, float(row["xid_age"]) / freeze_max)
+        if row["xid_age"] is not None:
+            xid_age.add_metric(labels, float(row["xid_age"]))
+            wrap.add_metric(labels, float(row["xid_age"]) / WRAPAROUND_LIMIT)
+            freeze.add_metric(labels, float(row["xid_age"]) / freeze_max)
+        if row["mxid_age"] is not None:
+            mxid_age.add_metric(labels, float(row["mxid_age"]))
     yield from (ratio, size, xid_age, mxid_age, wrap, freeze)
 
     conflicts = counter("hiw_database_conflicts",

@@ -96,3 +96,31 @@ def test_combine_of_one_is_that_problem():
     combined = ConfigError.combine([ConfigError("x", "bad", "good")])
     assert combined.also == ()
     assert str(combined) == "x: bad (fix: good)"
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    ('connection to server at "db" (10.0.0.1), port 5432 failed: FATAL:  password '
+     'authentication failed for user "mon"', "auth_failed"),
+    ('connection to server at "db" failed: FATAL:  no pg_hba.conf entry for host "10.0.0.2"',
+     "auth_failed"),
+    ('connection to server at "db" failed: FATAL:  database "nope" does not exist',
+     "unknown_database"),
+    ('connection to server at "db" failed: FATAL:  sorry, too many clients already',
+     "too_many_connections"),
+    ('connection to server at "db" failed: FATAL:  remaining connection slots are reserved '
+     'for roles with the SUPERUSER attribute', "too_many_connections"),
+    ('connection to server at "db" failed: FATAL:  the database system is starting up',
+     "starting_up"),
+    ('connection to server at "db" failed: FATAL:  the database system is shutting down',
+     "starting_up"),
+    ('connection to server at "db" failed: timeout expired', "connection"),
+    ('connection to server at "db" failed: Connection refused', "connection"),
+])
+def test_connect_failures_without_sqlstate(message, code):
+    # libpq gives no SQLSTATE while connecting: the reason comes from the FATAL text.
+    exc = psycopg.OperationalError(message + "\n\tIs the server running on that host?")
+    assert exc.sqlstate is None
+    reason = classify(exc)
+    assert reason.code == code
+    assert reason.text.startswith(message)
+    assert "Is the server running" not in reason.text
