@@ -48,7 +48,7 @@ class Agent:
 
     def start(self) -> None:
         pairs = self.jobs()
-        workers = max(1, min(MAX_WORKERS, len(pairs)))
+        workers = min(MAX_WORKERS, len(pairs)) + 1  # +1: the heartbeat never queues behind them
         scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=workers)},

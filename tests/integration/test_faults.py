@@ -132,3 +132,23 @@ def test_statement_timeout_fails_one_run_not_the_connection(pg):
     assert failed.error.code == "timeout"
     assert ok.error is None
     assert failed.duration < 1.5  # cancelled by statement_timeout, not waited out
+
+
+def test_series_go_stale_while_down_and_come_back(own_pg, tmp_path):
+    """Last good series are withheld after stale_after; self-metrics keep reporting."""
+    dsn = own_pg.cluster.dsn(HIW_DB, user="hiw_monitor", password=MONITOR_PASSWORD)
+    with running_agent(fast_config(tmp_path, dsn)) as run:
+        wait_for(lambda: run.value("hiw_database_size_bytes", datname=HIW_DB) is not None,
+                 what="database series")
+        own_pg.cluster.stop("fast")
+        wait_for(lambda: run.value("hiw_collector_stale", collector="database") == 1,
+                 timeout=15, what="database collector stale")
+        text = run.metrics()
+        assert sample(text, "hiw_database_size_bytes", datname=HIW_DB) is None
+        assert sample(text, "hiw_collector_up", collector="database") == 0
+        assert sample(text, "hiw_collector_last_success_timestamp_seconds",
+                      collector="database") > 0
+        own_pg.cluster.start()
+        wait_for(lambda: run.value("hiw_database_size_bytes", datname=HIW_DB) is not None,
+                 timeout=30, what="series back after recovery")
+        assert run.value("hiw_collector_stale", collector="database") == 0
