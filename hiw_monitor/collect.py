@@ -6,6 +6,7 @@ Every failure ends here as a recorded :class:`Reason`; nothing escapes to the sc
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -13,15 +14,15 @@ import structlog
 
 from hiw_monitor.collectors.base import Collector, Context, Rows, families_series
 from hiw_monitor.config import CollectorSettings
-from hiw_monitor.errors import Reason, TargetUnavailable, classify
+from hiw_monitor.errors import Reason, ReasonedError, TargetUnavailable, classify
 from hiw_monitor.snapshot import Sample, SnapshotStore
 from hiw_monitor.target import Target
 
 log = structlog.get_logger("hiw_monitor.collect")
 
 
-def _query(target: Target, collector: Collector, settings: CollectorSettings
-           ) -> tuple[dict[str, Rows], Context]:
+def _query(target: Target, collector: Collector, settings: CollectorSettings, state: Any
+           ) -> tuple[Mapping[str, Rows], Context]:
     with target.transaction(settings.timeout) as cur:
         server = target.server
         assert server is not None  # set by a successful connect
@@ -32,6 +33,10 @@ def _query(target: Target, collector: Collector, settings: CollectorSettings
         cur.execute("SELECT extract(epoch FROM pg_catalog.now())::float8 AS now")
         now_row = cur.fetchone()
         assert now_row is not None
+        ctx = Context(target=target.name, server=server, options=settings.options,
+                      now=float(now_row["now"]), state=state)
+        if collector.fetch is not None:
+            return collector.fetch(cur, ctx), ctx
         rows: dict[str, Rows] = {}
         for name, versioned in collector.queries.items():
             sql = versioned.pick(server.version_num)
@@ -40,12 +45,11 @@ def _query(target: Target, collector: Collector, settings: CollectorSettings
                 continue
             cur.execute(sql.encode())
             rows[name] = cur.fetchall()
-    return rows, Context(target=target.name, server=server, options=settings.options,
-                         now=float(now_row["now"]))
+    return rows, ctx
 
 
 def run_collection(target: Target, collector: Collector, settings: CollectorSettings,
-                   store: SnapshotStore) -> Sample:
+                   store: SnapshotStore, state: Any = None) -> Sample:
     """Run one collector on one target and record the outcome. Never raises."""
     started = time.monotonic()
     error: Reason | None = None
@@ -56,9 +60,9 @@ def run_collection(target: Target, collector: Collector, settings: CollectorSett
         error = Reason("busy", "another collection of this target is still running")
     else:
         try:
-            rows, ctx = _query(target, collector, settings)
+            rows, ctx = _query(target, collector, settings, state)
             families = list(collector.transform(rows, ctx))
-        except (psycopg.Error, TargetUnavailable, OSError) as exc:
+        except (psycopg.Error, ReasonedError, OSError) as exc:
             error = classify(exc)
         except Exception as exc:
             error = classify(exc)

@@ -160,6 +160,13 @@ class _Walk:
             result = None if result is None else float(result)
         elif spec.kind == "str":
             result = self.typed(value, path, str, "a string")
+        elif spec.kind == "float_list":
+            result = self.typed(value, path, list, "a list of numbers")
+            if result is not None and not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in result):
+                self.fail(path, "expected a list of numbers", "write numbers like [0.1, 0.25]")
+                return None
+            return None if result is None else tuple(float(v) for v in result)
         else:
             result = self.typed(value, path, list, "a list of strings")
             if result is not None and not all(isinstance(v, str) for v in result):
@@ -169,6 +176,14 @@ class _Walk:
         if result is not None and spec.minimum is not None and result < spec.minimum:
             self.fail(path, f"{value!r} is below the minimum", f"use at least {spec.minimum:g}")
             return None
+        if result is not None and spec.maximum is not None and result > spec.maximum:
+            self.fail(path, f"{value!r} is above the maximum", f"use at most {spec.maximum:g}")
+            return None
+        if result is not None and spec.check is not None:
+            problem = spec.check(result)
+            if problem:
+                self.fail(path, problem, spec.help)
+                return None
         return result
 
 

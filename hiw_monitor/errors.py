@@ -43,12 +43,16 @@ class ConfigError(HiwError):
         return cls(first.path, first.problem, first.fix, tuple(rest))
 
 
-class TargetUnavailable(HiwError):  # noqa: N818 - a state, not a bug
-    """The target has no usable connection right now (down, or waiting out a backoff)."""
+class ReasonedError(HiwError):
+    """A failure that already knows its reason code and the fix to show."""
 
     def __init__(self, reason: Reason) -> None:
         self.reason = reason
         super().__init__(reason.text)
+
+
+class TargetUnavailable(ReasonedError):  # noqa: N818 - a state, not a bug
+    """The target has no usable connection right now (down, or waiting out a backoff)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ def classify(exc: BaseException) -> Reason:
     for cls, code, fix in _BY_CLASS:
         if isinstance(exc, cls):
             return Reason(code, f"{_first_line(exc)}; {fix}")
-    if isinstance(exc, TargetUnavailable):
+    if isinstance(exc, ReasonedError):
         return exc.reason
     if isinstance(exc, psycopg.OperationalError):
         return _connect_failure(exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
@@ -36,6 +37,13 @@ class Agent:
         self.store = store or SnapshotStore()
         self.targets = [Target(t, config.connection) for t in config.targets]
         self._job_keys: dict[str, tuple[str, str]] = {}  # job id -> (target, collector)
+        # per-(target, collector) memory of the collectors that keep some (deltas, windows)
+        self.states: dict[tuple[str, str], Any] = {}
+        for target in self.targets:
+            for settings in config.enabled_collectors:
+                new_state = BY_NAME[settings.name].new_state
+                if new_state is not None:
+                    self.states[(target.name, settings.name)] = new_state()
         self.heartbeat = time.monotonic()
         self._scheduler: BackgroundScheduler | None = None
         for target in self.targets:
@@ -89,7 +97,8 @@ class Agent:
         return None
 
     def run_one(self, target: Target, name: str) -> None:
-        run_collection(target, BY_NAME[name], self.config.collectors[name], self.store)
+        run_collection(target, BY_NAME[name], self.config.collectors[name], self.store,
+                       self.states.get((target.name, name)))
 
     def collect_all_once(self) -> None:
         """One run of every enabled collector on every target, sequentially (``once``)."""

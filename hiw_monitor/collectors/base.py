@@ -19,17 +19,23 @@ from prometheus_client.core import (
 )
 
 Rows = Sequence[Mapping[str, Any]]
-OptionKind = Literal["int", "float", "bool", "str", "duration", "str_list"]
+OptionKind = Literal["int", "float", "bool", "str", "duration", "str_list", "float_list"]
 
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One collector-specific setting, as written under ``collectors.<name>`` in the config."""
+    """One collector-specific setting, as written under ``collectors.<name>`` in the config.
+
+    ``check`` returns a problem text for a value of the right type that is still wrong
+    (e.g. a regular expression that does not compile), or None.
+    """
 
     kind: OptionKind
     default: Any
     help: str
     minimum: float | None = None
+    maximum: float | None = None
+    check: Callable[[Any], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +85,14 @@ class Context:
     server: ServerInfo
     options: Mapping[str, Any]
     now: float  # database clock, seconds since the epoch, when the collection ran
+    state: Any = None  # the collector's own per-target state (see Collector.new_state)
 
 
 Transform = Callable[[Mapping[str, Rows], Context], Iterable[Metric]]
+# A custom query step: (cursor, context) -> rows per query name. For collectors whose SQL
+# depends on what the server has (discovered columns, extension schema); it may raise
+# ReasonedError with a reason that tells the user what to run.
+Fetch = Callable[[Any, Context], Mapping[str, Rows]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,8 @@ class Collector:
     transform: Transform
     options: Mapping[str, Option] = field(default_factory=dict)
     min_version: int = 130000
+    fetch: Fetch | None = None  # replaces running ``queries`` when set
+    new_state: Callable[[], Any] | None = None  # per-(target, collector) memory, if any
 
 
 # --- helpers to build families; every family carries the target label first -----------

@@ -151,6 +151,7 @@ class Cluster:
             "unix_socket_directories": f"'{self.base}'",
             "shared_preload_libraries": "'pg_stat_statements'",
             "pg_stat_statements.track": "'all'",
+            "pg_stat_statements.track_planning": "on",
             "track_io_timing": "on",
             # fsync off is safe against process crashes (immediate stops in the fault tests);
             # synchronous_commit off is not: a commit could vanish with its WAL buffer.

@@ -1,0 +1,75 @@
+"""Reset-safe deltas of cumulative counters, keyed by identity.
+
+pg_stat_statements counters only grow, except when an entry is deallocated and created
+again, when ``pg_stat_statements_reset()`` runs, or when the server restarts. The
+:class:`CounterTracker` keeps the previous row of every key and turns each poll into the
+*interval's* increments:
+
+* a key seen before: current minus previous;
+* a key whose counters went down, or whose ``since`` marker changed (PostgreSQL 17's
+  ``stats_since``), or any key after a full reset: the entry started again inside the
+  interval, so its current values are the interval's increments;
+* a key not seen before: created inside the interval, so likewise its current values,
+  except on the very first poll, which only sets the baseline;
+* keys that vanished are forgotten; keys with no change produce no delta.
+
+No delta is ever negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class CounterTracker(Generic[K]):
+    """Turns successive snapshots of cumulative counters into non-negative increments."""
+
+    def __init__(self, reset_fields: tuple[str, ...] = ("calls",)) -> None:
+        self.reset_fields = reset_fields
+        self._prev: dict[K, Mapping[str, float]] = {}
+        self._since: dict[K, object] = {}
+        self.has_baseline = False
+
+    def __len__(self) -> int:
+        return len(self._prev)
+
+    def update(
+        self,
+        rows: Mapping[K, Mapping[str, float]],
+        *,
+        full_reset: bool = False,
+        since: Mapping[K, object] | None = None,
+    ) -> dict[K, dict[str, float]]:
+        """The increments since the previous call, per key (only keys that changed).
+
+        >>> t = CounterTracker()
+        >>> t.update({"q": {"calls": 5}})      # first poll: baseline only
+        {}
+        >>> t.update({"q": {"calls": 8}, "new": {"calls": 2}})
+        {'q': {'calls': 3.0}, 'new': {'calls': 2.0}}
+        >>> t.update({"q": {"calls": 1}})      # went down: restarted inside the interval
+        {'q': {'calls': 1.0}}
+        """
+        since = since or {}
+        deltas: dict[K, dict[str, float]] = {}
+        for key, current in rows.items():
+            previous = self._prev.get(key)
+            restarted = full_reset or (
+                key in since and key in self._since and since[key] != self._since[key])
+            if previous is None:
+                if not self.has_baseline:
+                    continue
+                delta = {f: float(v) for f, v in current.items()}
+            elif restarted or any(current[f] < previous[f] for f in self.reset_fields):
+                delta = {f: float(v) for f, v in current.items()}
+            else:
+                delta = {f: max(0.0, float(current[f]) - float(previous[f])) for f in current}
+            if any(v > 0 for v in delta.values()):
+                deltas[key] = delta
+        self._prev = dict(rows)
+        self._since = dict(since)
+        self.has_baseline = True
+        return deltas

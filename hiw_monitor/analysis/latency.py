@@ -1,0 +1,325 @@
+"""Per-statement latency distributions from pg_stat_statements moments, and their sum.
+
+pg_stat_statements keeps, per statement, ``calls``, ``total_exec_time`` and
+``stddev_exec_time`` (the population standard deviation, from Welford's M2). So the sum
+of squares is ``calls * (stddev**2 + mean**2)``, and between two polls the deltas of
+calls, sum and sum of squares give the exact mean and variance of the calls made in the
+interval. The shape inside those two moments is unknown; this module fits one:
+
+* a point mass when the variance is (numerically) zero;
+* a **lognormal** with the interval's mean and variance (latencies are positive and
+  right-skewed; a lognormal matched on two moments is the usual model and is exact when
+  the latencies are themselves lognormal);
+* a **Beta on [min, max]** when the lognormal is contradicted by the statement's observed
+  extremes: ``min_exec_time``/``max_exec_time`` bound every call ever made, so when the
+  lognormal puts clearly more mass beyond ``max`` (or below ``min``) than the number of
+  calls allows, the latencies are bounded (e.g. ``pg_sleep(random() * 0.2)`` is uniform)
+  and a Beta matched on the same two moments over the observed range fits far better
+  (it is exactly uniform for uniform data).
+
+Limits (see docs/accuracy.md for measurements): one statement with a multi-modal latency
+(the same SQL sometimes waiting on a lock) is smoothed into one unimodal shape; min and
+max are cumulative, so an old outlier widens the Beta's range; times are server-side
+execution only (no network, no parse/plan unless ``track_planning``).
+
+Everything here is pure: no I/O, no clock, no logging.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+SQRT2 = math.sqrt(2.0)
+# Relative variance below which a statement is treated as constant latency.
+CONSTANT_CV2 = 1e-10
+# How much more lognormal mass beyond an observed extreme we tolerate, in expected calls.
+BOUND_SLACK_CALLS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Moments:
+    """Cumulative moments of one statement, in seconds: count, sum, sum of squares."""
+
+    calls: float
+    total: float
+    sumsq: float
+
+    @classmethod
+    def from_stats(cls, calls: float, total: float, stddev: float) -> Moments:
+        """From pg_stat_statements' calls, total and population stddev (same time unit).
+
+        >>> Moments.from_stats(4, 8.0, 1.0)
+        Moments(calls=4, total=8.0, sumsq=20.0)
+        """
+        mean = total / calls if calls else 0.0
+        return cls(calls, total, calls * (stddev * stddev + mean * mean))
+
+    def minus(self, earlier: Moments) -> Moments:
+        return Moments(self.calls - earlier.calls, self.total - earlier.total,
+                       self.sumsq - earlier.sumsq)
+
+    def mean_var(self) -> tuple[float, float]:
+        """(mean, variance) of the calls these moments describe; variance clamped >= 0.
+
+        >>> Moments(4, 8.0, 20.0).mean_var()
+        (2.0, 1.0)
+        """
+        if self.calls <= 0:
+            return 0.0, 0.0
+        mean = self.total / self.calls
+        return mean, max(0.0, self.sumsq / self.calls - mean * mean)
+
+
+# --- distributions ------------------------------------------------------------------------
+
+
+class Dist(Protocol):
+    """A latency distribution: ``cdf`` and the range outside which it is 0 or 1."""
+
+    @property
+    def lo(self) -> float: ...
+
+    @property
+    def hi(self) -> float: ...
+
+    def cdf(self, x: float) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PointMass:
+    at: float
+
+    @property
+    def lo(self) -> float:
+        return self.at
+
+    @property
+    def hi(self) -> float:
+        return self.at
+
+    def cdf(self, x: float) -> float:
+        return 1.0 if x >= self.at else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogNormal:
+    """``shift + exp(N(mu, sigma^2))``: a lognormal, optionally starting at ``shift``."""
+
+    mu: float
+    sigma: float
+    shift: float = 0.0
+
+    @classmethod
+    def from_mean_var(cls, mean: float, var: float, shift: float = 0.0) -> LogNormal:
+        """The (shifted) lognormal with this mean and variance.
+
+        >>> d = LogNormal.from_mean_var(1.0, 0.5)
+        >>> round(math.exp(d.mu + d.sigma**2 / 2), 9)
+        1.0
+        """
+        excess = mean - shift
+        sigma2 = math.log1p(var / (excess * excess))
+        return cls(math.log(excess) - sigma2 / 2, math.sqrt(sigma2), shift)
+
+    @property
+    def lo(self) -> float:
+        return self.shift + math.exp(self.mu - 6 * self.sigma)
+
+    @property
+    def hi(self) -> float:
+        return self.shift + math.exp(self.mu + 6 * self.sigma)
+
+    def cdf(self, x: float) -> float:
+        if x <= self.shift:
+            return 0.0
+        return 0.5 * math.erfc(-(math.log(x - self.shift) - self.mu) / (self.sigma * SQRT2))
+
+
+@dataclass(frozen=True, slots=True)
+class ScaledBeta:
+    a: float
+    b: float
+    lo: float
+    hi: float
+
+    @classmethod
+    def from_mean_var(cls, mean: float, var: float, lo: float, hi: float) -> ScaledBeta | None:
+        """The Beta on [lo, hi] with this mean and variance; None when none exists.
+
+        >>> d = ScaledBeta.from_mean_var(0.5, 1 / 12, 0.0, 1.0)  # the uniform distribution
+        >>> round(d.a, 9), round(d.b, 9), round(d.cdf(0.25), 9)
+        (1.0, 1.0, 0.25)
+        """
+        width = hi - lo
+        if width <= 0 or not lo < mean < hi:
+            return None
+        t = (mean - lo) / width
+        s2 = var / (width * width)
+        common = t * (1 - t) / s2 - 1 if s2 > 0 else 0.0
+        if common <= 0:
+            return None
+        return cls(t * common, (1 - t) * common, lo, hi)
+
+    def cdf(self, x: float) -> float:
+        if x <= self.lo:
+            return 0.0
+        if x >= self.hi:
+            return 1.0
+        return regularized_beta((x - self.lo) / (self.hi - self.lo), self.a, self.b)
+
+
+def regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), the Beta CDF, by Lentz's continued fraction.
+
+    >>> round(regularized_beta(0.3, 1, 1), 12), round(regularized_beta(0.5, 2, 2), 12)
+    (0.3, 0.5)
+    """
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _beta_fraction(x, a, b) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(1 - x, b, a) / b
+
+
+def _beta_fraction(x: float, a: float, b: float) -> float:
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for numerator in (m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
+                          -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-13:
+            break
+    return result
+
+
+def fit(mean: float, var: float, lo: float = 0.0, hi: float = math.inf,
+        lifetime_calls: float = 0.0) -> Dist:
+    """The distribution this module uses for one statement in one interval.
+
+    ``lo``/``hi`` are the statement's observed min/max (over ``lifetime_calls`` calls).
+
+    >>> fit(0.05, 0.0)
+    PointMass(at=0.05)
+    >>> type(fit(0.1, 0.1**2 / 3, lo=0.0, hi=0.2, lifetime_calls=1000)).__name__
+    'ScaledBeta'
+    >>> type(fit(0.1, 0.01, lo=0.001, hi=5.0, lifetime_calls=1000)).__name__
+    'LogNormal'
+    """
+    if mean <= 0:
+        return PointMass(max(mean, 0.0))
+    if var <= CONSTANT_CV2 * mean * mean:
+        return PointMass(mean)
+    lognormal = LogNormal.from_mean_var(mean, var)
+    if lifetime_calls <= 0 or not math.isfinite(hi) or not lo < mean < hi:
+        return lognormal
+    slack = BOUND_SLACK_CALLS / lifetime_calls
+    if 1.0 - lognormal.cdf(hi) > slack:  # too little tail for a lognormal: bounded
+        bounded = ScaledBeta.from_mean_var(mean, var, lo, hi)
+        if bounded is not None:
+            return bounded
+    if lognormal.cdf(lo) > slack:  # mass below the fastest call ever: starts at lo
+        shifted = LogNormal.from_mean_var(mean, var, shift=lo)
+        if 1.0 - shifted.cdf(hi) <= slack:
+            return shifted
+        bounded = ScaledBeta.from_mean_var(mean, var, lo, hi)
+        if bounded is not None:
+            return bounded
+    return lognormal
+
+
+# --- histograms on a fixed grid -----------------------------------------------------------
+
+
+def log_grid(lo: float = 1e-5, hi: float = 1e3, ratio: float = 1.02,
+             extra: Iterable[float] = ()) -> tuple[float, ...]:
+    """Upper bounds spaced by ``ratio`` from ``lo`` to ``hi``, plus ``extra`` bounds.
+
+    >>> g = log_grid(1.0, 2.0, 1.5, extra=[1.75])
+    >>> [round(x, 4) for x in g]
+    [1.0, 1.5, 1.75, 2.0]
+    """
+    steps = math.ceil(math.log(hi / lo) / math.log(ratio))
+    points = {lo * ratio**i for i in range(steps)} | {hi} | set(extra)
+    return tuple(sorted(p for p in points if lo <= p <= hi))
+
+
+def spread(dist: Dist, calls: float, bounds: Sequence[float], into: list[float]) -> None:
+    """Add ``calls`` calls of ``dist`` to the cumulative counts ``into[i]`` (<= bounds[i]).
+
+    Only the bounds inside the distribution's range are evaluated.
+    """
+    start = bisect.bisect_left(bounds, dist.lo)
+    stop = bisect.bisect_right(bounds, dist.hi)
+    for i in range(start, min(stop + 1, len(bounds))):
+        into[i] += calls * dist.cdf(bounds[i])
+    for i in range(stop + 1, len(bounds)):
+        into[i] += calls
+
+
+def quantile(bounds: Sequence[float], cumulative: Sequence[float], total: float,
+             q: float) -> float:
+    """The q-quantile of a cumulative histogram, interpolated log-linearly in a bucket.
+
+    ``total`` is the number of calls (calls above the last bound count past it).
+
+    >>> quantile([1.0, 2.0, 4.0], [0.0, 50.0, 100.0], 100.0, 0.5)
+    2.0
+    >>> round(quantile([1.0, 2.0, 4.0], [0.0, 50.0, 100.0], 100.0, 0.75), 4)
+    2.8284
+    """
+    if total <= 0:
+        return math.nan
+    target = q * total
+    index = bisect.bisect_left(cumulative, target)
+    if index >= len(bounds):
+        return bounds[-1]
+    if index == 0:
+        return bounds[0]
+    below, above = cumulative[index - 1], cumulative[index]
+    if above <= below:
+        return bounds[index]
+    fraction = (target - below) / (above - below)
+    lo, hi = bounds[index - 1], bounds[index]
+    return lo * math.exp(math.log(hi / lo) * fraction)
+
+
+class RollingWindow:
+    """Cumulative grid counts of the last ``seconds``: one entry per collection."""
+
+    def __init__(self, seconds: float, size: int) -> None:
+        self.seconds = seconds
+        self.size = size
+        self._entries: deque[tuple[float, list[float], float, float]] = deque()
+
+    def add(self, now: float, cumulative: list[float], calls: float, total_time: float) -> None:
+        self._entries.append((now, cumulative, calls, total_time))
+        while self._entries and self._entries[0][0] <= now - self.seconds:
+            self._entries.popleft()
+
+    def totals(self) -> tuple[list[float], float, float]:
+        """(cumulative counts, calls, total time) summed over the window."""
+        counts = [0.0] * self.size
+        calls = total = 0.0
+        for _, entry, entry_calls, entry_total in self._entries:
+            for i, value in enumerate(entry):
+                counts[i] += value
+            calls += entry_calls
+            total += entry_total
+        return counts, calls, total

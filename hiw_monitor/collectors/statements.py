@@ -1,0 +1,537 @@
+"""Query performance from pg_stat_statements: per-statement counters for the top N,
+and the latency distribution behind the SLA (p95 < 100 ms in the DBA review).
+
+How the numbers stay honest:
+
+* **Counters are the agent's own sums of interval increments.** Each poll reads the
+  cumulative counters with ``pg_stat_statements(false)`` (no query text file read) and a
+  :class:`~hiw_monitor.analysis.deltas.CounterTracker` turns them into increments that are
+  never negative: a reset, a deallocated and re-created entry or a server restart counts
+  as "started again inside the interval". Every increment is added to exactly one
+  exported series: the statement's own if it is in the top N, else ``queryid="other"``.
+  So the exported ``_total`` series only grow, and their sum is exact. A statement that
+  leaves the top N keeps its last value (its series stops); when it comes back it
+  continues from there, without a jump.
+* **Top N with hysteresis.** Ranked by execution time in the interval; a member keeps its
+  place until it falls below rank 2N, so statements near the edge do not flap.
+* **Latency.** For every statement with calls in the interval, the increments of calls,
+  time and sum of squares give the interval's exact mean and variance; a distribution is
+  fitted per statement (:mod:`hiw_monitor.analysis.latency`) and the calls are spread
+  over a fine grid, summed over statements. That gives the exported histogram
+  (``hiw_query_duration_seconds``), and over a rolling window the agent's own p50/p95/p99.
+* **No query text leaves the database** unless ``query_text: true``, and even then never
+  for utility statements, never text with a string literal, and never comments.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import HistogramMetricFamily, Metric
+from psycopg import sql
+
+from hiw_monitor.analysis import latency
+from hiw_monitor.analysis.deltas import CounterTracker
+from hiw_monitor.collectors.base import Collector, Context, Option, Rows, counter, gauge
+from hiw_monitor.errors import Reason, ReasonedError
+
+Key = tuple[int, int, int]  # (dbid, userid, queryid)
+OTHER = "other"
+QUANTILES = (0.5, 0.95, 0.99)
+DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.09, 0.1, 0.11, 0.125,
+                   0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# logical field -> physical column candidates, newest name first (17 renamed the I/O times)
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "calls": ("calls",),
+    "total": ("total_exec_time",),
+    "stddev": ("stddev_exec_time",),
+    "min": ("min_exec_time",),
+    "max": ("max_exec_time",),
+    "plans": ("plans",),
+    "plan_time": ("total_plan_time",),
+    "rows": ("rows",),
+    "blks_hit": ("shared_blks_hit",),
+    "blks_read": ("shared_blks_read",),
+    "blks_dirtied": ("shared_blks_dirtied",),
+    "blks_written": ("shared_blks_written",),
+    "temp_read": ("temp_blks_read",),
+    "temp_written": ("temp_blks_written",),
+    "io_read_time": ("shared_blk_read_time", "blk_read_time"),
+    "io_write_time": ("shared_blk_write_time", "blk_write_time"),
+    "toplevel": ("toplevel",),
+    "stats_since": ("stats_since",),
+}
+_REQUIRED = ("calls", "total", "stddev", "min", "max", "rows")
+
+# (field, metric name without _total, help, scale, needs)  needs: None | "planning" | "io"
+_COUNTERS: tuple[tuple[str, str, str, float, str | None], ...] = (
+    ("calls", "hiw_statement_calls", "Calls of the statement.", 1.0, None),
+    ("total", "hiw_statement_exec_seconds", "Execution time of the statement.", 0.001, None),
+    ("plan_time", "hiw_statement_plan_seconds",
+     "Planning time (only with pg_stat_statements.track_planning = on).", 0.001, "planning"),
+    ("rows", "hiw_statement_rows", "Rows returned or affected.", 1.0, None),
+    ("blks_hit", "hiw_statement_shared_blocks_hit", "Shared buffer hits.", 1.0, None),
+    ("blks_read", "hiw_statement_shared_blocks_read", "Shared blocks read.", 1.0, None),
+    ("blks_dirtied", "hiw_statement_shared_blocks_dirtied", "Shared blocks dirtied.", 1.0,
+     None),
+    ("blks_written", "hiw_statement_shared_blocks_written", "Shared blocks written.", 1.0,
+     None),
+    ("temp_read", "hiw_statement_temp_blocks_read", "Temporary blocks read.", 1.0, None),
+    ("temp_written", "hiw_statement_temp_blocks_written", "Temporary blocks written.", 1.0,
+     None),
+    ("io_read_time", "hiw_statement_io_read_seconds",
+     "Time reading shared blocks (only with track_io_timing = on).", 0.001, "io"),
+    ("io_write_time", "hiw_statement_io_write_seconds",
+     "Time writing shared blocks (only with track_io_timing = on).", 0.001, "io"),
+)
+_DELTA_FIELDS = (*(f for f, *_ in _COUNTERS), "sumsq")
+
+
+def _valid_regexes(patterns: Sequence[str]) -> str | None:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            return f"{pattern!r} is not a valid regular expression ({exc})"
+    return None
+
+
+def _valid_buckets(buckets: Sequence[float]) -> str | None:
+    if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
+        return "buckets must be positive, strictly increasing seconds"
+    if buckets[-1] > 1000:
+        return "buckets above 1000 s are not supported"
+    return None
+
+
+OPTIONS = {
+    "top_n": Option("int", 100, "statements exported one by one; the rest sum to 'other'",
+                    minimum=1, maximum=10000),
+    "buckets": Option("float_list", DEFAULT_BUCKETS,
+                      "upper bounds (seconds) of hiw_query_duration_seconds",
+                      check=_valid_buckets),
+    "window": Option("duration", 300.0, "rolling window of hiw_query_latency_seconds",
+                     minimum=1.0),
+    "sla_latency": Option("duration", 0.1, "SLA latency target at sla_quantile", minimum=0.0001),
+    "sla_quantile": Option("float", 0.95, "quantile the SLA applies to", minimum=0.5,
+                           maximum=0.9999),
+    "slow_threshold": Option("duration", 0.1, "interval mean above which a statement is slow",
+                             minimum=0.0001),
+    "sla_exclude_self": Option("bool", True, "leave the agent's own queries out of the SLA"),
+    "sla_exclude_roles": Option("str_list", (), "roles whose statements the SLA ignores"),
+    "sla_exclude_queries": Option(
+        "str_list", (), "regular expressions (case-insensitive) on the normalized query text; "
+        "matching statements are left out of the SLA (e.g. '^REFRESH MATERIALIZED VIEW')",
+        check=_valid_regexes),
+    "query_text": Option("bool", False, "export normalized query text of the top N "
+                         "(never utility statements); off: no text leaves the database"),
+    "query_text_length": Option("int", 200, "longest exported query text", minimum=16,
+                                maximum=4096),
+}
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What this server's pg_stat_statements offers, discovered per run (cheap)."""
+
+    schema: str
+    columns: dict[str, str]  # logical field -> physical column
+    has_info: bool
+    track_planning: bool
+    track_io_timing: bool
+
+
+@dataclass
+class StatementsState:
+    tracker: CounterTracker[Key] = field(
+        default_factory=lambda: CounterTracker(reset_fields=("calls", "total")))
+    totals: dict[Key, dict[str, float]] = field(default_factory=dict)
+    other: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_DELTA_FIELDS, 0.0))
+    members: list[Key] = field(default_factory=list)
+    labels: dict[Key, tuple[str, str]] = field(default_factory=dict)  # (datname, user)
+    texts: dict[Key, str | None] = field(default_factory=dict)  # normalized text, if fetched
+    grid: tuple[float, ...] = ()
+    bucket_index: tuple[int, ...] = ()
+    window: latency.RollingWindow | None = None
+    histogram: list[float] = field(default_factory=list)  # cumulative bucket counters
+    histogram_count: float = 0.0
+    histogram_sum: float = 0.0
+    last_reset: float | None = None
+    last_interval_slow: int = 0
+
+    def configure(self, buckets: Sequence[float], window: float) -> None:
+        if self.grid and self.window is not None and self.window.seconds == window and \
+                tuple(self.grid[i] for i in self.bucket_index) == tuple(buckets):
+            return
+        self.grid = latency.log_grid(extra=buckets)
+        self.bucket_index = tuple(self.grid.index(b) for b in buckets)
+        self.window = latency.RollingWindow(window, len(self.grid))
+        self.histogram = [0.0] * len(buckets)
+
+
+def new_state() -> StatementsState:
+    return StatementsState()
+
+
+# --- fetching -----------------------------------------------------------------------------
+
+
+def _plan(cur: Any, ctx: Context) -> Plan:
+    cur.execute("""
+        SELECT n.nspname AS schema,
+               current_setting('shared_preload_libraries') AS preload,
+               current_database() AS db, current_user AS me,
+               pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') AS can_read,
+               (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) AS su
+        FROM (SELECT 1) one
+        LEFT JOIN pg_catalog.pg_extension e ON e.extname = 'pg_stat_statements'
+        LEFT JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace""")
+    facts = cur.fetchone()
+    preloaded = "pg_stat_statements" in facts["preload"]
+    if not preloaded:
+        raise ReasonedError(Reason(
+            "not_preloaded",
+            "pg_stat_statements is not in shared_preload_libraries; run: ALTER SYSTEM SET "
+            "shared_preload_libraries = 'pg_stat_statements' (keep any existing entries), "
+            "then restart PostgreSQL"))
+    if facts["schema"] is None:
+        raise ReasonedError(Reason(
+            "extension_missing",
+            f"the pg_stat_statements extension is not installed in database {facts['db']!r};"
+            f" run as a superuser in that database: CREATE EXTENSION pg_stat_statements;"))
+    if not (facts["can_read"] or facts["su"]):
+        raise ReasonedError(Reason(
+            "permission_denied",
+            f"role {facts['me']!r} sees only its own statements; run: "
+            f"GRANT pg_monitor TO {facts['me']};"))
+    schema = facts["schema"]
+    cur.execute(sql.SQL("SELECT * FROM {}.pg_stat_statements(false) LIMIT 0").format(
+        sql.Identifier(schema)))
+    present = {column.name for column in cur.description}
+    columns = {}
+    for logical, candidates in _COLUMNS.items():
+        found = next((c for c in candidates if c in present), None)
+        if found:
+            columns[logical] = found
+    missing = [f for f in _REQUIRED if f not in columns]
+    if missing:
+        raise ReasonedError(Reason(
+            "extension_outdated",
+            f"pg_stat_statements lacks {', '.join(missing)}; run: ALTER EXTENSION "
+            "pg_stat_statements UPDATE;"))
+    cur.execute(sql.SQL("""
+        SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                       JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                       WHERE n.nspname = {} AND p.proname = 'pg_stat_statements_info') AS info,
+               current_setting('pg_stat_statements.track_planning', true) AS planning,
+               current_setting('track_io_timing') AS io""").format(sql.Literal(schema)))
+    extra = cur.fetchone()
+    return Plan(schema, columns, bool(extra["info"]), extra["planning"] == "on",
+                extra["io"] == "on")
+
+
+def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
+    """Discover, then read counters (no text), settings, and text only for new members."""
+    plan = _plan(cur, ctx)
+    state: StatementsState = ctx.state
+    selected = [sql.SQL("s.{} AS {}").format(sql.Identifier(column), sql.Identifier(logical))
+                for logical, column in plan.columns.items() if logical != "toplevel"]
+    where = sql.SQL("WHERE s.queryid IS NOT NULL")
+    if "toplevel" in plan.columns:
+        where = sql.SQL("WHERE s.queryid IS NOT NULL AND s.toplevel")
+    query = sql.SQL("""
+        SELECT s.dbid, s.userid, s.queryid, d.datname, r.rolname,
+               (r.rolname = current_user) AS is_self, {fields}
+        FROM {schema}.pg_stat_statements(false) s
+        LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+        LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.userid
+        {where}""").format(fields=sql.SQL(", ").join(selected),
+                           schema=sql.Identifier(plan.schema), where=where)
+    cur.execute(query)
+    rows = cur.fetchall()
+    cur.execute(sql.SQL("""
+        SELECT current_setting('pg_stat_statements.max')::int AS max,
+               (SELECT count(*) FROM {schema}.pg_stat_statements(false)) AS tracked""").format(
+        schema=sql.Identifier(plan.schema)))
+    summary = dict(cur.fetchone())
+    if plan.has_info:
+        cur.execute(sql.SQL("""
+            SELECT dealloc, extract(epoch FROM stats_reset)::float8 AS stats_reset
+            FROM {}.pg_stat_statements_info""").format(sql.Identifier(plan.schema)))
+        summary.update(cur.fetchone())
+    summary["track_planning"] = plan.track_planning
+    summary["track_io_timing"] = plan.track_io_timing
+    texts: Rows = []
+    options = ctx.options
+    if options["query_text"] or options["sla_exclude_queries"]:
+        known = state.texts
+        wanted = [row["queryid"] for row in rows
+                  if (row["dbid"], row["userid"], row["queryid"]) not in known]
+        if wanted:
+            cur.execute(sql.SQL("""
+                SELECT dbid, userid, queryid, query FROM {}.pg_stat_statements(true)
+                WHERE queryid = ANY(%s)""").format(sql.Identifier(plan.schema)), [wanted])
+            texts = cur.fetchall()
+    return {"statements": rows, "summary": [summary], "texts": texts}
+
+
+# --- pure parts -----------------------------------------------------------------------------
+
+_UTILITY_FREE = re.compile(r"^\s*(select|insert|update|delete|merge|with|values|table)\b", re.I)
+_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.S)
+
+
+def safe_text(text: str | None, length: int) -> str | None:
+    """Normalized text fit to leave the database, or None.
+
+    Comments are removed (they can carry values); utility statements and any text still
+    holding a string literal are refused; whitespace is collapsed; long text truncated.
+
+    >>> safe_text("SELECT * FROM t /* student 42 */ WHERE id = $1", 100)
+    'SELECT * FROM t WHERE id = $1'
+    >>> safe_text("SET app.student = 'Ann'", 100) is None
+    True
+    >>> safe_text("SELECT 'literal'", 100) is None
+    True
+    >>> safe_text("SELECT a, b, c FROM t", 12)
+    'SELECT a, b…'
+    """
+    if not text:
+        return None
+    stripped = " ".join(_COMMENTS.sub(" ", text).split())
+    if not _UTILITY_FREE.match(stripped) or "'" in stripped or "$$" in stripped:
+        return None
+    return stripped if len(stripped) <= length else stripped[: length - 1] + "…"
+
+
+def select_members(ranked: Sequence[Key], previous: Sequence[Key], n: int) -> list[Key]:
+    """Top ``n`` of ``ranked`` with hysteresis: a previous member stays while in the top 2n.
+
+    >>> select_members(["a", "b", "c", "d"], previous=["d"], n=2)
+    ['d', 'a']
+    >>> select_members(["a", "b", "c", "d", "e"], previous=["e"], n=2)
+    ['a', 'b']
+    """
+    keep_zone = set(ranked[: 2 * n])
+    members = [key for key in previous if key in keep_zone][:n]
+    chosen = set(members)
+    for key in ranked[:n]:
+        if len(members) >= n:
+            break
+        if key not in chosen:
+            members.append(key)
+            chosen.add(key)
+    return members
+
+
+def _cumulative(row: Mapping[str, Any]) -> dict[str, float]:
+    values = {f: float(row[f] or 0.0) for f in _DELTA_FIELDS if f != "sumsq" and f in row}
+    # sum of squares (ms^2) implied by the population stddev: additive, so it has deltas
+    calls, total, stddev = values["calls"], values["total"], float(row["stddev"] or 0.0)
+    values["sumsq"] = latency.Moments.from_stats(calls, total, stddev).sumsq
+    return values
+
+
+def _excluded(row: Mapping[str, Any], text: str | None, options: Mapping[str, Any]) -> bool:
+    if options["sla_exclude_self"] and row["is_self"]:
+        return True
+    if row["rolname"] in options["sla_exclude_roles"]:
+        return True
+    patterns = options["sla_exclude_queries"]
+    return bool(text and any(re.search(p, text, re.I) for p in patterns))
+
+
+def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
+    state: StatementsState = ctx.state
+    options = ctx.options
+    t = ctx.target
+    summary = rows["summary"][0]
+    state.configure(options["buckets"], options["window"])
+    for text_row in rows["texts"]:
+        state.texts[(text_row["dbid"], text_row["userid"], text_row["queryid"])] = \
+            text_row["query"]
+
+    by_key = {(r["dbid"], r["userid"], r["queryid"]): r for r in rows["statements"]}
+    cumulative = {key: _cumulative(row) for key, row in by_key.items()}
+    since = {key: row["stats_since"] for key, row in by_key.items() if "stats_since" in row}
+    reset_at = summary.get("stats_reset")
+    full_reset = state.last_reset is not None and reset_at is not None and \
+        reset_at != state.last_reset
+    state.last_reset = reset_at
+    deltas = state.tracker.update(cumulative, full_reset=full_reset, since=since)
+
+    # top N by execution time in the interval (then lifetime time, then key) with hysteresis
+    ranked = sorted(by_key, key=lambda k: (-deltas.get(k, {}).get("total", 0.0),
+                                           -cumulative[k]["total"], k))
+    state.members = select_members(ranked, [m for m in state.members if m in by_key],
+                                   options["top_n"])
+    members = set(state.members)
+    for key in list(state.totals):
+        if key not in by_key:  # deallocated or reset away: its series ends
+            del state.totals[key]
+            state.labels.pop(key, None)
+            state.texts.pop(key, None)
+    for key, delta in deltas.items():
+        into = state.totals.setdefault(key, dict.fromkeys(_DELTA_FIELDS, 0.0)) \
+            if key in members else state.other
+        for name, value in delta.items():
+            into[name] = into.get(name, 0.0) + value
+    for key in members:
+        state.totals.setdefault(key, dict.fromkeys(_DELTA_FIELDS, 0.0))
+        row = by_key[key]
+        state.labels[key] = (row["datname"] or "(dropped)", row["rolname"] or "(dropped)")
+
+    yield from _statement_families(state, t, summary, options)
+    yield from _latency_families(state, ctx, by_key, deltas, cumulative)
+    yield from _summary_families(summary, len(by_key), t)
+
+
+def _statement_families(state: StatementsState, t: str, summary: Mapping[str, Any],
+                        options: Mapping[str, Any]) -> Iterator[Metric]:
+    labels = ["datname", "user", "queryid"]
+    for name, metric, doc, scale, needs in _COUNTERS:
+        if needs == "planning" and not summary["track_planning"]:
+            continue
+        if needs == "io" and not summary["track_io_timing"]:
+            continue
+        family = counter(metric, doc + " Top N statements; the rest under queryid='other'.",
+                         labels)
+        for key in state.members:
+            datname, user = state.labels[key]
+            family.add_metric([t, datname, user, str(key[2])],
+                              state.totals[key].get(name, 0.0) * scale)
+        family.add_metric([t, "", "", OTHER], state.other.get(name, 0.0) * scale)
+        yield family
+    if options["query_text"]:
+        info = gauge("hiw_statement_query_info",
+                     "Normalized query text of a top-N statement (opt-in; never utility "
+                     "statements, literals or comments).", [*labels, "query"])
+        for key in state.members:
+            text = safe_text(state.texts.get(key), options["query_text_length"])
+            if text:
+                datname, user = state.labels[key]
+                info.add_metric([t, datname, user, str(key[2]), text], 1.0)
+        yield info
+
+
+def _latency_families(state: StatementsState, ctx: Context, by_key: Mapping[Key, Any],
+                      deltas: Mapping[Key, Mapping[str, float]],
+                      cumulative: Mapping[Key, Mapping[str, float]]) -> Iterator[Metric]:
+    options, t = ctx.options, ctx.target
+    grid = state.grid
+    interval = [0.0] * len(grid)
+    calls = total = 0.0
+    slow = 0
+    for key, delta in deltas.items():
+        n = delta["calls"]
+        if n <= 0:
+            continue
+        row = by_key[key]
+        if _excluded(row, state.texts.get(key), options):
+            continue
+        moments = latency.Moments(n, delta["total"] / 1000.0, delta["sumsq"] / 1e6)
+        mean, var = moments.mean_var()
+        if mean > options["slow_threshold"]:
+            slow += 1
+        dist = latency.fit(mean, var, lo=float(row["min"] or 0.0) / 1000.0,
+                           hi=float(row["max"] or 0.0) / 1000.0,
+                           lifetime_calls=cumulative[key]["calls"])
+        latency.spread(dist, n, grid, interval)
+        calls += n
+        total += moments.total
+    assert state.window is not None
+    if state.tracker.has_baseline:
+        state.window.add(ctx.now, interval, calls, total)
+    for j, index in enumerate(state.bucket_index):
+        state.histogram[j] += interval[index]
+    state.histogram_count += calls
+    state.histogram_sum += total
+
+    buckets = [(_le(grid[index]), state.histogram[j]) for j, index in
+               enumerate(state.bucket_index)]
+    buckets.append(("+Inf", state.histogram_count))
+    histogram = HistogramMetricFamily(
+        "hiw_query_duration_seconds",
+        "Execution time of top-level statements (SLA scope), estimated per call from "
+        "pg_stat_statements moments.", labels=["target"])
+    histogram.add_metric([t], buckets, sum_value=state.histogram_sum)
+    yield histogram
+
+    counts, window_calls, window_total = state.window.totals()
+    quantiles = gauge("hiw_query_latency_seconds",
+                      "Query latency quantiles over the rolling window, computed by the agent "
+                      "(NaN without calls).", ["quantile"])
+    wanted = sorted({*QUANTILES, options["sla_quantile"]})
+    values = {q: latency.quantile(grid, counts, window_calls, q) for q in wanted}
+    for q in wanted:
+        quantiles.add_metric([t, f"{q:g}"], values[q])
+    yield quantiles
+    mean_family = gauge("hiw_query_latency_mean_seconds",
+                        "Mean query latency over the rolling window (NaN without calls).")
+    mean_family.add_metric([t], window_total / window_calls if window_calls else math.nan)
+    yield mean_family
+    window_calls_family = gauge("hiw_query_latency_window_calls",
+                                "Calls in the rolling window behind the latency quantiles.")
+    window_calls_family.add_metric([t], window_calls)
+    yield window_calls_family
+
+    target = gauge("hiw_sla_query_latency_target_seconds", "SLA latency target.")
+    target.add_metric([t], options["sla_latency"])
+    sla_q = gauge("hiw_sla_query_latency_quantile", "Quantile the SLA target applies to.")
+    sla_q.add_metric([t], options["sla_quantile"])
+    met = gauge("hiw_sla_query_latency_met",
+                "1 when the windowed latency at the SLA quantile is within the target "
+                "(also 1 without calls), else 0.")
+    observed = values[options["sla_quantile"]]
+    met.add_metric([t], 0.0 if observed > options["sla_latency"] else 1.0)
+    slow_family = gauge("hiw_slow_statements",
+                        "Statements whose mean in the last interval exceeded slow_threshold.")
+    slow_family.add_metric([t], float(slow))
+    threshold = gauge("hiw_slow_statement_threshold_seconds", "The slow_threshold setting.")
+    threshold.add_metric([t], options["slow_threshold"])
+    yield from (target, sla_q, met, slow_family, threshold)
+
+
+def _le(bound: float) -> str:
+    return f"{bound:g}"
+
+
+def _summary_families(summary: Mapping[str, Any], toplevel: int, t: str) -> Iterator[Metric]:
+    tracked = gauge("hiw_statements_tracked",
+                    "Entries in pg_stat_statements (all levels, all databases).")
+    tracked.add_metric([t], float(summary["tracked"]))
+    maximum = gauge("hiw_statements_max", "pg_stat_statements.max.")
+    maximum.add_metric([t], float(summary["max"]))
+    fill = gauge("hiw_statements_fill_ratio",
+                 "Entries / pg_stat_statements.max; near 1, entries are being evicted.")
+    fill.add_metric([t], float(summary["tracked"]) / float(summary["max"]))
+    yield from (tracked, maximum, fill)
+    if "dealloc" in summary:
+        dealloc = counter("hiw_statements_deallocations",
+                          "Times pg_stat_statements evicted entries to make room (14+).")
+        dealloc.add_metric([t], float(summary["dealloc"]))
+        reset = gauge("hiw_statements_stats_reset_timestamp_seconds",
+                      "When pg_stat_statements was last reset (14+).")
+        reset.add_metric([t], float(summary["stats_reset"]))
+        yield from (dealloc, reset)
+
+
+COLLECTOR = Collector(
+    name="statements",
+    help="pg_stat_statements: per-statement counters (top N) and SLA latency percentiles",
+    interval=60.0,
+    timeout=10.0,
+    queries={},
+    transform=transform,
+    options=OPTIONS,
+    fetch=fetch,
+    new_state=new_state,
+)
