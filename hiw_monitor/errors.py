@@ -77,7 +77,8 @@ _BY_CLASS: tuple[tuple[type[psycopg.Error], str, str], ...] = (
      "the function is missing; is the extension installed in this database?"),
     (pgerr.UndefinedColumn, "undefined_column", "a column is missing on this server version"),
     (pgerr.ObjectNotInPrerequisiteState, "not_ready",
-     "a prerequisite is missing (e.g. pg_stat_statements not in shared_preload_libraries)"),
+     "a prerequisite is missing: for pg_stat_statements, add it to "
+     "shared_preload_libraries and restart PostgreSQL"),
     (pgerr.TooManyConnections, "too_many_connections",
      "the server has no free connection slot; raise max_connections or free a slot"),
     (pgerr.CannotConnectNow, "starting_up", "the server is starting up or shutting down"),

@@ -41,6 +41,7 @@ from hiw_monitor.errors import Reason, ReasonedError
 
 Key = tuple[int, int, int]  # (dbid, userid, queryid)
 OTHER = "other"
+FORGET_AFTER = 3600.0  # seconds a vanished statement's sums are kept in case it returns
 QUANTILES = (0.5, 0.95, 0.99)
 DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.09, 0.1, 0.11, 0.125,
                    0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -164,8 +165,8 @@ class StatementsState:
     histogram: list[float] = field(default_factory=list)  # cumulative bucket counters
     histogram_count: float = 0.0
     histogram_sum: float = 0.0
+    last_seen: dict[Key, float] = field(default_factory=dict)
     last_reset: float | None = None
-    last_interval_slow: int = 0
 
     def configure(self, buckets: Sequence[float], window: float) -> None:
         if self.grid and self.window is not None and self.window.seconds == window and \
@@ -186,32 +187,40 @@ def new_state() -> StatementsState:
 
 def _plan(cur: Any, ctx: Context) -> Plan:
     cur.execute("""
-        SELECT n.nspname AS schema,
-               current_setting('shared_preload_libraries') AS preload,
-               current_database() AS db, current_user AS me,
-               pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') AS can_read,
-               (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) AS su
-        FROM (SELECT 1) one
+        SELECT n.nspname AS schema, current_database() AS db, current_user AS me,
+               r.rolsuper
+               OR pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+               AS can_read,
+               r.rolsuper
+               OR pg_catalog.pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER')
+               AS can_settings
+        FROM pg_catalog.pg_roles r
         LEFT JOIN pg_catalog.pg_extension e ON e.extname = 'pg_stat_statements'
-        LEFT JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace""")
+        LEFT JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        WHERE r.rolname = current_user""")
     facts = cur.fetchone()
-    preloaded = "pg_stat_statements" in facts["preload"]
+    if not facts["can_read"]:
+        raise ReasonedError(Reason(
+            "permission_denied",
+            f"role {facts['me']!r} may see only its own statements and no settings; run: "
+            f"GRANT pg_monitor TO {facts['me']};"))
+    preloaded = True
+    if facts["can_settings"]:
+        cur.execute("SELECT current_setting('shared_preload_libraries') AS preload")
+        preloaded = "pg_stat_statements" in cur.fetchone()["preload"]
     if not preloaded:
+        also = "" if facts["schema"] else \
+            f", then in database {facts['db']!r}: CREATE EXTENSION pg_stat_statements;"
         raise ReasonedError(Reason(
             "not_preloaded",
             "pg_stat_statements is not in shared_preload_libraries; run: ALTER SYSTEM SET "
             "shared_preload_libraries = 'pg_stat_statements' (keep any existing entries), "
-            "then restart PostgreSQL"))
+            f"restart PostgreSQL{also}"))
     if facts["schema"] is None:
         raise ReasonedError(Reason(
             "extension_missing",
             f"the pg_stat_statements extension is not installed in database {facts['db']!r};"
             f" run as a superuser in that database: CREATE EXTENSION pg_stat_statements;"))
-    if not (facts["can_read"] or facts["su"]):
-        raise ReasonedError(Reason(
-            "permission_denied",
-            f"role {facts['me']!r} sees only its own statements; run: "
-            f"GRANT pg_monitor TO {facts['me']};"))
     schema = facts["schema"]
     cur.execute(sql.SQL("SELECT * FROM {}.pg_stat_statements(false) LIMIT 0").format(
         sql.Identifier(schema)))
@@ -374,9 +383,14 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     state.members = select_members(ranked, [m for m in state.members if m in by_key],
                                    options["top_n"])
     members = set(state.members)
-    for key in list(state.totals):
-        if key not in by_key:  # deallocated or reset away: its series ends
-            del state.totals[key]
+    # A statement that vanished (evicted, reset) stops being exported, but its sums are
+    # kept for a while: if the same queryid comes back, its counter continues upward.
+    for key in by_key:
+        state.last_seen[key] = ctx.now
+    for key, seen in list(state.last_seen.items()):
+        if ctx.now - seen > FORGET_AFTER:
+            del state.last_seen[key]
+            state.totals.pop(key, None)
             state.labels.pop(key, None)
             state.texts.pop(key, None)
     for key, delta in deltas.items():
