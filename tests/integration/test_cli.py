@@ -81,7 +81,7 @@ def test_once_prints_the_exposition_and_exits_zero(pg):
     # logs go to stderr as JSON (not a TTY): one canonical event per collection
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     collections = [e for e in events if e["event"] == "collection"]
-    assert {e["collector"] for e in collections} == {"connections", "database"}
+    assert {e["collector"] for e in collections} == {"connections", "database", "statements"}
     for event in collections:
         assert {"target", "collector", "duration_ms", "series", "error"} <= event.keys()
         assert event["series"] > 0
