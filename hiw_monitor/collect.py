@@ -80,7 +80,12 @@ def run_collection(target: Target, collector: Collector, settings: CollectorSett
                  duration_ms=round(duration * 1000, 1), series=families_series(families),
                  error=None)
     else:
-        sample = store.record_failure(target.name, collector.name, error, finished, duration)
+        fallback: list[Any] = []
+        if collector.on_failure is not None and state is not None:
+            fallback = list(collector.on_failure(target.name, state, settings.options,
+                                                 error.code))
+        sample = store.record_failure(target.name, collector.name, error, finished, duration,
+                                      fallback)
         log.warning("collection", target=target.name, collector=collector.name,
                     duration_ms=round(duration * 1000, 1), series=0, error=error.text,
                     reason=error.code)

@@ -160,6 +160,15 @@ class _Walk:
             result = None if result is None else float(result)
         elif spec.kind == "str":
             result = self.typed(value, path, str, "a string")
+        elif spec.kind == "mapping":
+            result = self.typed(value, path, dict, "a mapping")
+            if result is not None and spec.parse is not None:
+                try:
+                    return spec.parse(result)
+                except ValueError as exc:
+                    self.fail(path, str(exc), spec.help)
+                    return None
+            return result
         elif spec.kind == "float_list":
             result = self.typed(value, path, list, "a list of numbers")
             if result is not None and not all(

@@ -138,7 +138,9 @@ class Exposition:
         out: list[Metric] = []
         valid_until = float("inf")
         for s in samples:
-            if s.fresh(now):
+            if s.error is not None and s.fallback:
+                out.extend(s.fallback)
+            elif s.fresh(now):
                 out.extend(s.families)
                 assert s.last_success_at is not None
                 valid_until = min(valid_until, s.last_success_at + s.stale_after)

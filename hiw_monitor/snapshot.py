@@ -35,6 +35,7 @@ class Sample:
     errors_total: int = 0
     runs_total: int = 0
     skipped: tuple[tuple[str, int], ...] = ()  # (reason, count): runs the scheduler skipped
+    fallback: tuple[Metric, ...] = ()  # served instead of ``families`` while runs fail
 
     @property
     def ok(self) -> bool:
@@ -87,18 +88,19 @@ class SnapshotStore:
             old = self._samples[(target, collector)]
             new = replace(old, families=tuple(families), finished_at=finished_at,
                           duration=duration, error=None, last_success_at=finished_at,
-                          runs_total=old.runs_total + 1)
+                          runs_total=old.runs_total + 1, fallback=())
             self._samples[(target, collector)] = new
             self.version += 1
         self._notify()
         return new
 
     def record_failure(self, target: str, collector: str, error: Reason, finished_at: float,
-                       duration: float) -> Sample:
+                       duration: float, fallback: Sequence[Metric] = ()) -> Sample:
         with self._lock:
             old = self._samples[(target, collector)]
             new = replace(old, finished_at=finished_at, duration=duration, error=error,
-                          errors_total=old.errors_total + 1, runs_total=old.runs_total + 1)
+                          errors_total=old.errors_total + 1, runs_total=old.runs_total + 1,
+                          fallback=tuple(fallback))
             self._samples[(target, collector)] = new
             self.version += 1
         self._notify()

@@ -1,7 +1,19 @@
 """Every collector the agent knows, listed explicitly (no plugin discovery)."""
 
-from hiw_monitor.collectors import connections, database, statements
+from hiw_monitor.collectors import (
+    backups,
+    connections,
+    database,
+    statements,
+    wal_archiving,
+)
 from hiw_monitor.collectors.base import Collector
 
-ALL: tuple[Collector, ...] = (connections.COLLECTOR, database.COLLECTOR, statements.COLLECTOR)
+ALL: tuple[Collector, ...] = (
+    connections.COLLECTOR,
+    database.COLLECTOR,
+    statements.COLLECTOR,
+    backups.COLLECTOR,
+    wal_archiving.COLLECTOR,
+)
 BY_NAME: dict[str, Collector] = {c.name: c for c in ALL}

@@ -19,7 +19,8 @@ from prometheus_client.core import (
 )
 
 Rows = Sequence[Mapping[str, Any]]
-OptionKind = Literal["int", "float", "bool", "str", "duration", "str_list", "float_list"]
+OptionKind = Literal["int", "float", "bool", "str", "duration", "str_list", "float_list",
+                     "mapping"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,8 @@ class Option:
     """One collector-specific setting, as written under ``collectors.<name>`` in the config.
 
     ``check`` returns a problem text for a value of the right type that is still wrong
-    (e.g. a regular expression that does not compile), or None.
+    (e.g. a regular expression that does not compile), or None. A ``mapping`` option is
+    turned into its value by ``parse``, which raises ValueError naming the problem.
     """
 
     kind: OptionKind
@@ -36,6 +38,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     check: Callable[[Any], str | None] | None = None
+    parse: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class Context:
 
 
 Transform = Callable[[Mapping[str, Rows], Context], Iterable[Metric]]
+# What a collector still reports when a run fails: (target, state, options, reason code).
+OnFailure = Callable[[str, Any, Mapping[str, Any], str], Iterable[Metric]]
 # A custom query step: (cursor, context) -> rows per query name. For collectors whose SQL
 # depends on what the server has (discovered columns, extension schema); it may raise
 # ReasonedError with a reason that tells the user what to run.
@@ -110,6 +115,9 @@ class Collector:
     min_version: int = 130000
     fetch: Fetch | None = None  # replaces running ``queries`` when set
     new_state: Callable[[], Any] | None = None  # per-(target, collector) memory, if any
+    # Families served *instead of* the last good ones while runs fail (never stale): how
+    # the backups collector keeps reporting known backups as "unknown" when it goes blind.
+    on_failure: OnFailure | None = None
 
 
 # --- helpers to build families; every family carries the target label first -----------

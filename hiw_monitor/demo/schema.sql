@@ -137,7 +137,7 @@ CREATE TABLE public.backup_execution_log (
     end_time                  timestamptz,
     backup_size_bytes         bigint      CHECK (backup_size_bytes >= 0),
     error_message             text,
-    verified_restore          boolean,
+    verified_restore          boolean,     -- result of a restore test; NULL = not tested
     restore_duration_seconds  numeric     CHECK (restore_duration_seconds >= 0),
     created_at                timestamptz NOT NULL DEFAULT now(),
     CHECK (end_time IS NULL OR end_time >= start_time),
@@ -389,7 +389,7 @@ SELECT c.id,
        CASE WHEN r.d = 3 THEN NULL
             ELSE (2150000000 + (13 - r.d) * 45000000 + r.jitter * 200000000)::bigint END,
        CASE WHEN r.d = 3 THEN 'pg_basebackup: error: could not write to file "base.tar.gz": No space left on device' END,
-       CASE WHEN r.d = 3 THEN NULL ELSE r.d IN (0, 7) END,
+       CASE WHEN r.d IN (0, 7) THEN true END,  -- NULL: no restore test for that run
        CASE WHEN r.d = 0 THEN round((2940 + r.jitter * 120)::numeric, 1)
             WHEN r.d = 7 THEN round((2880 + r.jitter * 120)::numeric, 1) END,
        r.start_time
@@ -413,7 +413,7 @@ INSERT INTO public.backup_execution_log (backup_config_id, status, start_time, e
                                          backup_size_bytes, error_message, verified_restore,
                                          restore_duration_seconds, created_at)
 SELECT c.id, 'completed', r.end_time - r.duration, r.end_time,
-       (50000000 + r.size_frac * 150000000)::bigint, NULL, false, NULL,
+       (50000000 + r.size_frac * 150000000)::bigint, NULL, NULL, NULL,
        r.end_time - r.duration
 FROM public.backup_configurations AS c
 CROSS JOIN (
@@ -441,7 +441,7 @@ INSERT INTO public.backup_execution_log (backup_config_id, status, start_time, e
                                          backup_size_bytes, error_message, verified_restore,
                                          restore_duration_seconds, created_at)
 SELECT c.id, 'completed', r.end_time - r.duration, r.end_time,
-       (2800000000 + r.size_frac * 400000000)::bigint, NULL, false, NULL,
+       (2800000000 + r.size_frac * 400000000)::bigint, NULL, NULL, NULL,
        r.end_time - r.duration
 FROM public.backup_configurations AS c
 CROSS JOIN (
@@ -461,7 +461,7 @@ INSERT INTO public.backup_execution_log (backup_config_id, status, start_time, e
                                          backup_size_bytes, error_message, verified_restore,
                                          restore_duration_seconds, created_at)
 SELECT c.id, 'completed', r.end_time - r.duration, r.end_time,
-       (300000000 + r.size_frac * 500000000)::bigint, NULL, false, NULL,
+       (300000000 + r.size_frac * 500000000)::bigint, NULL, NULL, NULL,
        r.end_time - r.duration
 FROM public.backup_configurations AS c
 CROSS JOIN (

@@ -20,7 +20,7 @@ CATALOG = Path(__file__).parents[2] / "docs" / "metrics.md"
 
 
 def catalog_names() -> set[str]:
-    return set(re.findall(r"^\| `(hiw_[a-z_]+)` \|", CATALOG.read_text(), re.MULTILINE))
+    return set(re.findall(r"^\| `(hiw_[a-z0-9_]+)` \|", CATALOG.read_text(), re.MULTILINE))
 
 
 def exposed_name(family) -> str:
