@@ -28,8 +28,10 @@ import math
 import os
 import platform
 import random
+import re
 import secrets
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +48,11 @@ TABLE_ROWS = 200
 CHILD_TIMEOUT = 60.0  # per request to the measuring process
 ONCE_TIMEOUT = 120.0
 PEER_REPEATS = 5
+AGENT_SECONDS = 120.0  # default: how long the full agent runs with a short interval
+AGENT_INTERVAL = "1s"
+AGENT_WINDOW = "5s"  # window / interval = 5, as at the defaults (300 s / 60 s)
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
 GOAL_SECONDS = 1.0
 GOAL_RSS_MB = 80.0
 PREFIX = "BENCH "
@@ -143,7 +150,8 @@ def child(conninfo: str, query_text: bool, profile: bool) -> int:
                "error": sample.error.text if sample.error else None,
                "fetch": phases.get("fetch"), "transform": phases.get("transform"),
                "series": sum(series.values()), "families": series,
-               "tracked": len(state.tracker),
+               "tracked": len(state.tracker), "totals": len(state.totals),
+               "window_entries": len(getattr(state.window, "_entries", ())),
                "members": len(state.members), "texts": len(state.texts),
                "profile": top, **_proc_status()})
     target.close()
@@ -159,7 +167,9 @@ def _profile_summary(profiler: Any, limit: int = 15) -> list[str]:
     stats.sort_stats("tottime").print_stats(limit)
     lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
     start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-    return [line for line in lines[start:] if line.strip()]
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    return [re.sub(r"\S*/site-packages/", "", line.replace(root, ""))
+            for line in lines[start:] if line.strip()]
 
 
 # --- the parent: cluster, generator, orchestration ----------------------------------------
@@ -309,6 +319,86 @@ def run_once(dsn: str, password: str) -> dict[str, Any]:
     return {"wall": wall, "statements_ms": duration_ms, "statements_series": series}
 
 
+def run_agent(dsn: str, password: str, gen: Generator, subset: int,
+              seconds: float) -> dict[str, Any]:
+    """``hiw-monitor run`` (all collectors, statements every AGENT_INTERVAL) for
+    ``seconds`` with activity and a scrape about every second; RSS sampled by PID."""
+    import tempfile
+    import urllib.request
+
+    from hiw_monitor.demo.cluster import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIW_MONITOR_")}
+    env["PGPASSWORD"] = password
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "agent.yaml"
+        config.write_text(f"collectors:\n  statements:\n    interval: {AGENT_INTERVAL}\n"
+                          f"    window: {AGENT_WINDOW}\n", encoding="utf-8")
+        log_path = Path(tmp) / "agent.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hiw_monitor", "run", "--config", str(config), "--dsn",
+                 dsn, "--listen", f"127.0.0.1:{port}", "--log-format", "json",
+                 "--log-level", "info"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        status_path = Path(f"/proc/{proc.pid}/status")
+        rss: list[int] = []
+        hwm = 0
+        scrapes = 0
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while True:
+                if proc.poll() is not None:
+                    raise BenchError(f"hiw-monitor run exited {proc.returncode}: "
+                                     f"{log_path.read_text(errors='replace')[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{base}/ready", timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError("hiw-monitor run: /ready did not answer 200 in time")
+                time.sleep(0.2)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                gen.run(gen.subset(subset))
+                with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+                    response.read()
+                scrapes += 1
+                for _ in range(4):
+                    fields = dict(line.split(":", 1) for line in
+                                  status_path.read_text(encoding="ascii").splitlines())
+                    rss.append(int(fields["VmRSS"].split()[0]))
+                    hwm = int(fields["VmHWM"].split()[0])
+                    time.sleep(0.25)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()  # SIGTERM to this PID only
+                try:
+                    proc.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=STOP_TIMEOUT)
+        durations = []
+        for line in log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"statements"' in line:
+                record = json.loads(line)
+                if record.get("event") == "collection" and record.get("collector") == \
+                        "statements" and record.get("error") is None:
+                    durations.append(float(record["duration_ms"]) / 1000)
+    if not durations or not rss:
+        raise BenchError("hiw-monitor run: no statements collection or RSS sample recorded")
+    quarters = [rss[min(len(rss) - 1, len(rss) * k // 4)] for k in (1, 2, 3)]
+    return {"seconds": seconds, "quarters": quarters, "interval": AGENT_INTERVAL,
+            "runs": len(durations),
+            "median": statistics.median(durations), "max": max(durations),
+            "rss_first": rss[0], "rss_last": rss[-1], "hwm": hwm, "scrapes": scrapes,
+            "exit": proc.returncode}
+
+
 @dataclass
 class Results:
     server_version: str = ""
@@ -326,11 +416,13 @@ class Results:
     text_runs: list[dict[str, Any]] = field(default_factory=list)
     peers: list[tuple[str, str, float, int]] = field(default_factory=list)
     once: dict[str, Any] | None = None
+    full: dict[str, Any] | None = None
     profile: list[str] = field(default_factory=list)
     activity_seconds: list[float] = field(default_factory=list)
 
 
-def run_bench(count: int, polls: int, subset: int, profile: bool, once: bool) -> Results:
+def run_bench(count: int, polls: int, subset: int, profile: bool, once: bool,
+              agent_seconds: float) -> Results:
     from hiw_monitor.demo.cluster import Cluster, system_binaries
 
     binaries = system_binaries(15)
@@ -410,6 +502,13 @@ def run_bench(count: int, polls: int, subset: int, profile: bool, once: bool) ->
                 results.once = run_once(dsn, password)
                 print(f"  hiw-monitor once: {results.once['wall']:.2f} s wall, statements "
                       f"{results.once['statements_ms']} ms", flush=True)
+            if agent_seconds > 0:
+                print(f"  hiw-monitor run for {agent_seconds:g} s, statements every "
+                      f"{AGENT_INTERVAL}", flush=True)
+                results.full = run_agent(dsn, password, gen, subset, agent_seconds)
+                print(f"    {results.full['runs']} statements runs: median "
+                      f"{results.full['median']:.3f} s, max {results.full['max']:.3f} s; peak "
+                      f"RSS {_mb(results.full['hwm']):.1f} MiB", flush=True)
         finally:
             for agent in agents:
                 agent.stop()
@@ -466,6 +565,18 @@ def render_doc(r: Results, command: str, polls: int) -> str:
         f"| RSS after the last run | {_mb(final_kib):.1f} MiB | < {GOAL_RSS_MB:g} MB | "
         f"{verdict(final_kib * 1024 < GOAL_RSS_MB * 1e6)} |",
         f"| Series exported by one statements collection | {series} | | |",
+    ]
+    if r.full:
+        f = r.full
+        lines += [
+            f"| Whole agent (`hiw-monitor run`, {f['seconds']:g} s): statements collection, "
+            f"median / max | {f['median']:.3f} s / {f['max']:.3f} s | < {GOAL_SECONDS:g} s | "
+            f"{verdict(f['max'] < GOAL_SECONDS)} |",
+            f"| Whole agent: peak RSS (VmHWM) | {_mb(f['hwm']):.1f} MiB "
+            f"({f['hwm'] * 1024 / 1e6:.1f} MB) | < {GOAL_RSS_MB:g} MB | "
+            f"{verdict(f['hwm'] * 1024 < GOAL_RSS_MB * 1e6)} |",
+        ]
+    lines += [
         "",
         "RSS is `VmRSS` / `VmHWM` from `/proc/self/status` of the measuring process, in MiB "
         f"(1 MiB = 1.048576 MB; {GOAL_RSS_MB:g} MB = {GOAL_RSS_MB * 1e6 / 2**20:.1f} MiB).",
@@ -478,14 +589,14 @@ def render_doc(r: Results, command: str, polls: int) -> str:
         "texts); transform is the pure Python part (deltas, top N, latency fit, families).",
         "",
         "| Run | Active statements | Duration (s) | Fetch (s) | Transform (s) | Series | "
-        "RSS (MiB) | Peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Kept totals | Window entries | RSS (MiB) | Peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def row(label: str, active: str, run: Mapping[str, Any]) -> str:
         return (f"| {label} | {active} | {run['duration']:.3f} | {run['fetch']:.3f} | "
-                f"{run['transform']:.3f} | {run['series']} | {_mb(run['VmRSS']):.1f} | "
-                f"{_mb(run['VmHWM']):.1f} |")
+                f"{run['transform']:.3f} | {run['series']} | {run['totals']:,} | "
+                f"{run['window_entries']} | {_mb(run['VmRSS']):.1f} | {_mb(run['VmHWM']):.1f} |")
 
     lines.append(row("1 (first: baseline, no deltas)", "-", r.first))
     lines += [row(str(n + 2), f"{r.subset_size:,}", run) for n, run in enumerate(r.subset_runs)]
@@ -498,6 +609,14 @@ def render_doc(r: Results, command: str, polls: int) -> str:
         f"{statistics.median(transforms):.3f} s. "
         + (f"(A profiled run, not in the table, was made between runs {polls + 2} and "
            f"{polls + 3}.)" if r.profile else ""),
+        "",
+        "\"Kept totals\" is the number of statements whose exported totals the collector "
+        "keeps (`StatementsState.totals`: every statement that has been in the top N and "
+        "is still in pg_stat_statements, so it is bounded by the entries); \"window "
+        "entries\" is the number of interval histograms in the latency window (bounded by "
+        "`window` / interval: 5 at the defaults of 300 s / 60 s, but here every run falls "
+        "inside one window because the polls are back to back). Both grow during this "
+        "run and account for part of the RSS growth between runs.",
         "",
         "### With `query_text: true`",
         "",
@@ -553,6 +672,33 @@ def render_doc(r: Results, command: str, polls: int) -> str:
             f"{r.once['statements_series']} statements/latency/SLA series printed.",
             "",
         ]
+    if r.full:
+        f = r.full
+        lines += [
+            "## Reality check: the whole agent (`hiw-monitor run`)",
+            "",
+            f"`hiw-monitor run` as a subprocess with every collector at its defaults except "
+            f"`collectors.statements.interval: {f['interval']}` and `window: {AGENT_WINDOW}` "
+            "(so the latency window holds 5 intervals, as at the defaults of 60 s / 300 s), "
+            f"for {f['seconds']:g} s while "
+            f"the parent re-ran a random {r.subset_size:,} statements and scraped `/metrics` "
+            f"about once a second ({f['scrapes']} scrapes); VmRSS/VmHWM read from "
+            f"`/proc/<pid>/status` every 0.25 s.",
+            "",
+            "| Measure | Value | Goal |",
+            "|---|---|---:|",
+            f"| Statements collections (from the agent's log) | {f['runs']} | |",
+            f"| Median / max statements `duration_ms` | {f['median']:.3f} s / "
+            f"{f['max']:.3f} s | < {GOAL_SECONDS:g} s |",
+            "| RSS at the first sample / 25 % / 50 % / 75 % of the run / last sample | "
+            + " / ".join(f"{_mb(v):.1f}" for v in (f["rss_first"], *f["quarters"],
+                                                     f["rss_last"]))
+            + f" MiB | < {GOAL_RSS_MB:g} MB |",
+            f"| Peak RSS (VmHWM) | {_mb(f['hwm']):.1f} MiB | < {GOAL_RSS_MB:g} MB |",
+            "",
+            f"The agent exited with code {f['exit']} after SIGTERM.",
+            "",
+        ]
     if r.profile:
         lines += [
             "## Profile (cProfile, one collection, all statements active, by own time)",
@@ -599,6 +745,10 @@ def render_doc(r: Results, command: str, polls: int) -> str:
     return "\n".join(lines)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--statements", type=int, default=5000,
@@ -611,6 +761,9 @@ def main() -> int:
                         help="also profile one all-active collection with cProfile")
     parser.add_argument("--no-once", action="store_true",
                         help="skip the hiw-monitor once reality check")
+    parser.add_argument("--agent-seconds", type=float, default=AGENT_SECONDS,
+                        help="how long the hiw-monitor run (full agent) check lasts; 0 skips "
+                        f"it (default {AGENT_SECONDS:g}, at most 180)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scale.md",
                         help="Markdown file to write (default docs/scale.md)")
     parser.add_argument("--child", metavar="CONNINFO", help=argparse.SUPPRESS)
@@ -621,11 +774,14 @@ def main() -> int:
         return child(args.child, args.child_query_text, args.child_profile)
     if not 1 <= args.statements <= 9000:
         parser.error("--statements must be between 1 and 9000")
+    if not 0 <= args.agent_seconds <= 180:
+        parser.error("--agent-seconds must be between 0 and 180")
     if args.polls < 1 or args.active < 1:
         parser.error("--polls and --active must be at least 1")
     try:
+        signal.signal(signal.SIGTERM, _terminate)  # unwind: the cluster is destroyed
         results = run_bench(args.statements, args.polls, args.active, args.profile,
-                            not args.no_once)
+                            not args.no_once, args.agent_seconds)
     except BenchError as exc:
         print(f"bench/statements_scale.py: {exc}", file=sys.stderr)
         return 1

@@ -19,9 +19,14 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   # never start the packaged services (they would bind 0.0.0.0): tests start their own
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  policy=/usr/sbin/policy-rc.d
+  own_policy=false
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=true
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+  if $own_policy; then rm -f "$policy"; fi
 fi
 
 python="${PYTHON:-python3}"
