@@ -203,7 +203,14 @@ def _kind(value: Any) -> str:
 
 
 def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
+    """The key path of ``key`` under ``path``; odd keys are quoted so they stay visible.
+
+    >>> _join("collectors", "connections"), _join("", ""), _join("log", 3)
+    ('collectors.connections', "['']", 'log[3]')
+    """
+    if not isinstance(key, str) or not key.isidentifier():
+        return f"{path}[{key!r}]"
+    return f"{path}.{key}" if path else key
 
 
 _TOP_KEYS = {
