@@ -18,6 +18,7 @@ from prometheus_client import exposition as text_format
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector as RegistryCollector
+from prometheus_client.samples import Sample as PromSample
 
 from hiw_monitor import __version__
 from hiw_monitor.snapshot import Sample, SnapshotStore, TargetState
@@ -75,15 +76,30 @@ def self_metrics(
     return [up, build, c_up, c_dur, c_last, c_err, c_runs, c_skip, c_stale, c_reason]
 
 
+MAX_LABEL_VALUE = 256  # characters; longer values (a 10 kB backup name) are cut with "…"
+
+
+def _bounded(sample: PromSample) -> PromSample:
+    if all(len(value) <= MAX_LABEL_VALUE for value in sample.labels.values()):
+        return sample
+    labels = {name: value if len(value) <= MAX_LABEL_VALUE
+              else value[: MAX_LABEL_VALUE - 1] + "…" for name, value in sample.labels.items()}
+    return sample._replace(labels=labels)
+
+
 def merge_families(families: Iterable[Metric]) -> list[Metric]:
-    """One family per metric name: the samples of every target under one HELP/TYPE."""
+    """One family per metric name: the samples of every target under one HELP/TYPE.
+
+    Label values longer than MAX_LABEL_VALUE characters are truncated. (Escaping of
+    quotes, backslashes and newlines is the exposition format's, done by client_python.)
+    """
     merged: dict[str, Metric] = {}
     for family in families:
         into = merged.get(family.name)
         if into is None:
             into = Metric(family.name, family.documentation, family.type, family.unit)
             merged[family.name] = into
-        into.samples.extend(family.samples)
+        into.samples.extend(_bounded(sample) for sample in family.samples)
     return list(merged.values())
 
 
