@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,11 @@ from hiw_monitor.config import ConnectionSettings, TargetConfig, redact
 from hiw_monitor.errors import Reason, TargetUnavailable, classify
 
 APPLICATION_NAME = "hiw_monitor"
+# statement_timeout is enforced by the server; if the network stalls (packets dropped,
+# a proxy that stops forwarding without closing), no answer ever comes and TCP keepalives
+# see nothing wrong. So every collection also has a client-side deadline: its timeout
+# plus this grace, after which the socket is shut down and the target marked down.
+CLIENT_GRACE = 5.0
 log = structlog.get_logger("hiw_monitor.target")
 
 _SERVER_INFO_SQL = """
@@ -55,6 +61,7 @@ class Target:
         self._failures = 0
         self._next_attempt = 0.0
         self._state_lock = threading.Lock()  # guards _conn for cancel() from other threads
+        self._aborted: psycopg.Connection[Any] | None = None  # the last watchdog victim
 
     # --- connecting ---------------------------------------------------------------------
 
@@ -148,6 +155,10 @@ class Target:
         after repeated failures). Query errors propagate unchanged.
         """
         conn = self._ensure_connected()
+        deadline = timeout + CLIENT_GRACE
+        watchdog = threading.Timer(deadline, self._abort, args=(conn, deadline))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)",
@@ -156,11 +167,30 @@ class Target:
         except psycopg.Error as exc:
             if conn.broken or conn.closed:  # the connection is gone, not just this query
                 self._drop()
+                failure: BaseException = exc
+                if self._aborted is conn:
+                    failure = TargetUnavailable(Reason(
+                        "client_timeout",
+                        f"no answer from the server within {deadline:g}s (network stall?); "
+                        "closed the connection"))
+                self._mark_down(failure)
                 # a connection that worked until now gets one immediate retry
-                self._mark_down(exc)
                 if self._failures == 1:
                     self._next_attempt = 0.0
+                if failure is not exc:
+                    raise failure from exc
             raise
+        finally:
+            watchdog.cancel()
+
+    def _abort(self, conn: psycopg.Connection[Any], deadline: float) -> None:
+        """Client-side deadline passed: shut the socket down so the blocked read returns."""
+        self._aborted = conn
+        log.warning("client_timeout", target=self.name, deadline_s=deadline)
+        with contextlib.suppress(OSError, psycopg.Error):
+            fd = conn.fileno()
+            with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as duplicate:
+                duplicate.shutdown(socket.SHUT_RDWR)
 
     def check(self) -> bool:
         """Connect if needed (honouring backoff); True when the target is reachable."""
