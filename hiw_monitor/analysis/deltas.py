@@ -29,7 +29,10 @@ class CounterTracker(Generic[K]):
 
     def __init__(self, reset_fields: tuple[str, ...] = ("calls",)) -> None:
         self.reset_fields = reset_fields
-        self._prev: dict[K, Mapping[str, float]] = {}
+        # previous values as compact tuples in the order of ``_fields`` (5,000 statements
+        # x 14 counters stay a few hundred kB instead of megabytes of dicts)
+        self._fields: tuple[str, ...] = ()
+        self._prev: dict[K, tuple[float, ...]] = {}
         self._since: dict[K, object] = {}
         self.has_baseline = False
 
@@ -55,21 +58,33 @@ class CounterTracker(Generic[K]):
         """
         since = since or {}
         deltas: dict[K, dict[str, float]] = {}
+        new_prev: dict[K, tuple[float, ...]] = {}
         for key, current in rows.items():
+            if tuple(current) != self._fields:
+                self._fields = tuple(current)
+                self._prev = {}  # another shape of row: start over from a baseline
+            values = tuple(float(v) for v in current.values())
+            new_prev[key] = values
             previous = self._prev.get(key)
             restarted = full_reset or (
                 key in since and key in self._since and since[key] != self._since[key])
             if previous is None:
                 if not self.has_baseline:
                     continue
-                delta = {f: float(v) for f, v in current.items()}
-            elif restarted or any(current[f] < previous[f] for f in self.reset_fields):
-                delta = {f: float(v) for f, v in current.items()}
+                delta = dict(zip(self._fields, values, strict=True))
+            elif restarted or any(values[i] < previous[i] for i in self._reset_index()):
+                delta = dict(zip(self._fields, values, strict=True))
+            elif previous == values:
+                continue  # no change, no output
             else:
-                delta = {f: max(0.0, float(current[f]) - float(previous[f])) for f in current}
+                delta = {f: max(0.0, v - p) for f, v, p in
+                         zip(self._fields, values, previous, strict=True)}
             if any(v > 0 for v in delta.values()):
                 deltas[key] = delta
-        self._prev = dict(rows)
+        self._prev = new_prev
         self._since = dict(since)
         self.has_baseline = True
         return deltas
+
+    def _reset_index(self) -> list[int]:
+        return [i for i, f in enumerate(self._fields) if f in self.reset_fields]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -265,12 +266,38 @@ def spread(dist: Dist, calls: float, bounds: Sequence[float], into: list[float])
 
     Only the bounds inside the distribution's range are evaluated.
     """
-    start = bisect.bisect_left(bounds, dist.lo)
-    stop = bisect.bisect_right(bounds, dist.hi)
-    for i in range(start, min(stop + 1, len(bounds))):
-        into[i] += calls * dist.cdf(bounds[i])
-    for i in range(stop + 1, len(bounds)):
-        into[i] += calls
+    accumulator = GridAccumulator(bounds)
+    accumulator.add(dist, calls)
+    for i, value in enumerate(accumulator.finish()):
+        into[i] += value
+
+
+class GridAccumulator:
+    """Sums many distributions' cumulative counts on one grid cheaply: each adds its CDF
+    only inside its own range, and its full count once, as a step, above it."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0.0] * len(bounds)
+        self._steps = [0.0] * (len(bounds) + 1)
+
+    def add(self, dist: Dist, calls: float) -> None:
+        bounds = self.bounds
+        start = bisect.bisect_left(bounds, dist.lo)
+        stop = min(bisect.bisect_right(bounds, dist.hi) + 1, len(bounds))
+        counts, cdf = self.counts, dist.cdf
+        for i in range(start, stop):
+            counts[i] += calls * cdf(bounds[i])
+        self._steps[stop] += calls
+
+    def finish(self) -> list[float]:
+        """The cumulative counts at every bound."""
+        running = 0.0
+        out = self.counts
+        for i in range(len(out)):
+            running += self._steps[i]
+            out[i] += running
+        return out
 
 
 def quantile(bounds: Sequence[float], cumulative: Sequence[float], total: float,
@@ -306,10 +333,11 @@ class RollingWindow:
     def __init__(self, seconds: float, size: int) -> None:
         self.seconds = seconds
         self.size = size
-        self._entries: deque[tuple[float, list[float], float, float]] = deque()
+        self._entries: deque[tuple[float, array[float], float, float]] = deque()
 
-    def add(self, now: float, cumulative: list[float], calls: float, total_time: float) -> None:
-        self._entries.append((now, cumulative, calls, total_time))
+    def add(self, now: float, cumulative: Sequence[float], calls: float,
+            total_time: float) -> None:
+        self._entries.append((now, array("d", cumulative), calls, total_time))
         while self._entries and self._entries[0][0] <= now - self.seconds:
             self._entries.popleft()
 

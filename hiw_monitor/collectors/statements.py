@@ -165,7 +165,7 @@ class StatementsState:
     histogram: list[float] = field(default_factory=list)  # cumulative bucket counters
     histogram_count: float = 0.0
     histogram_sum: float = 0.0
-    last_seen: dict[Key, float] = field(default_factory=dict)
+    last_member: dict[Key, float] = field(default_factory=dict)
     last_reset: float | None = None
 
     def configure(self, buckets: Sequence[float], window: float) -> None:
@@ -383,16 +383,18 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     state.members = select_members(ranked, [m for m in state.members if m in by_key],
                                    options["top_n"])
     members = set(state.members)
-    # A statement that vanished (evicted, reset) stops being exported, but its sums are
-    # kept for a while: if the same queryid comes back, its counter continues upward.
-    for key in by_key:
-        state.last_seen[key] = ctx.now
-    for key, seen in list(state.last_seen.items()):
+    # A statement that leaves the top N (or pg_stat_statements) stops being exported, but
+    # its sums are kept for an hour: if it comes back, its counter continues upward. After
+    # that its series has long been stale in Prometheus, and a new one may start at 0.
+    for key in members:
+        state.last_member[key] = ctx.now
+    for key, seen in list(state.last_member.items()):
         if ctx.now - seen > FORGET_AFTER:
-            del state.last_seen[key]
+            del state.last_member[key]
             state.totals.pop(key, None)
             state.labels.pop(key, None)
-            state.texts.pop(key, None)
+    for key in [k for k in state.texts if k not in by_key]:
+        del state.texts[key]
     for key, delta in deltas.items():
         into = state.totals.setdefault(key, dict.fromkeys(_DELTA_FIELDS, 0.0)) \
             if key in members else state.other
@@ -441,7 +443,7 @@ def _latency_families(state: StatementsState, ctx: Context, by_key: Mapping[Key,
                       cumulative: Mapping[Key, Mapping[str, float]]) -> Iterator[Metric]:
     options, t = ctx.options, ctx.target
     grid = state.grid
-    interval = [0.0] * len(grid)
+    accumulator = latency.GridAccumulator(grid)
     calls = total = 0.0
     slow = 0
     for key, delta in deltas.items():
@@ -458,9 +460,10 @@ def _latency_families(state: StatementsState, ctx: Context, by_key: Mapping[Key,
         dist = latency.fit(mean, var, lo=float(row["min"] or 0.0) / 1000.0,
                            hi=float(row["max"] or 0.0) / 1000.0,
                            lifetime_calls=cumulative[key]["calls"])
-        latency.spread(dist, n, grid, interval)
+        accumulator.add(dist, n)
         calls += n
         total += moments.total
+    interval = accumulator.finish()
     assert state.window is not None
     if state.tracker.has_baseline:
         state.window.add(ctx.now, interval, calls, total)
