@@ -47,9 +47,10 @@ TABLE = "bench_scale"
 TABLE_ROWS = 200
 CHILD_TIMEOUT = 60.0  # per request to the measuring process
 ONCE_TIMEOUT = 120.0
-PEER_REPEATS = 5
+PEER_REPEATS = 15
 AGENT_SECONDS = 120.0  # default: how long the full agent runs with a short interval
 AGENT_INTERVAL = "1s"
+BASELINE_SECONDS = 20.0  # the same agent with the statements collector disabled
 AGENT_WINDOW = "5s"  # window / interval = 5, as at the defaults (300 s / 60 s)
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -320,9 +321,9 @@ def run_once(dsn: str, password: str) -> dict[str, Any]:
 
 
 def run_agent(dsn: str, password: str, gen: Generator, subset: int,
-              seconds: float) -> dict[str, Any]:
-    """``hiw-monitor run`` (all collectors, statements every AGENT_INTERVAL) for
-    ``seconds`` with activity and a scrape about every second; RSS sampled by PID."""
+              seconds: float, statements: bool = True) -> dict[str, Any]:
+    """``hiw-monitor run`` (all collectors, statements every AGENT_INTERVAL, or disabled)
+    for ``seconds`` with activity and a scrape about every second; RSS sampled by PID."""
     import tempfile
     import urllib.request
 
@@ -335,7 +336,8 @@ def run_agent(dsn: str, password: str, gen: Generator, subset: int,
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "agent.yaml"
         config.write_text(f"collectors:\n  statements:\n    interval: {AGENT_INTERVAL}\n"
-                          f"    window: {AGENT_WINDOW}\n", encoding="utf-8")
+                          f"    window: {AGENT_WINDOW}\n    enabled: {str(statements).lower()}\n",
+                          encoding="utf-8")
         log_path = Path(tmp) / "agent.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
@@ -347,6 +349,7 @@ def run_agent(dsn: str, password: str, gen: Generator, subset: int,
         rss: list[int] = []
         hwm = 0
         scrapes = 0
+        body = b""
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while True:
@@ -366,7 +369,7 @@ def run_agent(dsn: str, password: str, gen: Generator, subset: int,
             while time.monotonic() < end:
                 gen.run(gen.subset(subset))
                 with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-                    response.read()
+                    body = response.read()
                 scrapes += 1
                 for _ in range(4):
                     fields = dict(line.split(":", 1) for line in
@@ -389,12 +392,15 @@ def run_agent(dsn: str, password: str, gen: Generator, subset: int,
                 if record.get("event") == "collection" and record.get("collector") == \
                         "statements" and record.get("error") is None:
                     durations.append(float(record["duration_ms"]) / 1000)
-    if not durations or not rss:
+    if not rss or (statements and not durations):
         raise BenchError("hiw-monitor run: no statements collection or RSS sample recorded")
+    collectors = sorted(set(re.findall(r'hiw_collector_up\{[^}]*collector="([^"]+)"',
+                                       body.decode(errors="replace"))))
     quarters = [rss[min(len(rss) - 1, len(rss) * k // 4)] for k in (1, 2, 3)]
     return {"seconds": seconds, "quarters": quarters, "interval": AGENT_INTERVAL,
             "runs": len(durations),
-            "median": statistics.median(durations), "max": max(durations),
+            "median": statistics.median(durations) if durations else math.nan,
+            "max": max(durations) if durations else math.nan, "collectors": collectors,
             "rss_first": rss[0], "rss_last": rss[-1], "hwm": hwm, "scrapes": scrapes,
             "exit": proc.returncode}
 
@@ -417,8 +423,11 @@ class Results:
     peers: list[tuple[str, str, float, int]] = field(default_factory=list)
     once: dict[str, Any] | None = None
     full: dict[str, Any] | None = None
+    no_statements: dict[str, Any] | None = None
+    revision: str = ""
     profile: list[str] = field(default_factory=list)
     activity_seconds: list[float] = field(default_factory=list)
+    load: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def run_bench(count: int, polls: int, subset: int, profile: bool, once: bool,
@@ -430,6 +439,7 @@ def run_bench(count: int, polls: int, subset: int, profile: bool, once: bool,
         raise BenchError("no PostgreSQL 15 server binaries: apt-get install postgresql-15")
     password = secrets.token_urlsafe(18)
     results = Results(requested=count, subset_size=min(subset, count))
+    results.load.append(os.getloadavg())
     with Cluster(binaries, settings={"pg_stat_statements.max": "10000"}) as cluster:
         cluster.create_hiw_database(monitor_password=password)
         dsn = cluster.dsn(DBNAME, user="hiw_monitor")
@@ -509,11 +519,32 @@ def run_bench(count: int, polls: int, subset: int, profile: bool, once: bool,
                 print(f"    {results.full['runs']} statements runs: median "
                       f"{results.full['median']:.3f} s, max {results.full['max']:.3f} s; peak "
                       f"RSS {_mb(results.full['hwm']):.1f} MiB", flush=True)
+                seconds = min(agent_seconds, BASELINE_SECONDS)
+                print(f"  hiw-monitor run for {seconds:g} s with the statements collector "
+                      "disabled", flush=True)
+                results.no_statements = run_agent(dsn, password, gen, subset, seconds,
+                                                  statements=False)
+                print(f"    peak RSS {_mb(results.no_statements['hwm']):.1f} MiB", flush=True)
         finally:
             for agent in agents:
                 agent.stop()
             gen.close()
+    results.load.append(os.getloadavg())
+    results.revision = revision()
     return results
+
+
+def revision() -> str:
+    """HEAD of the checkout, and whether the agent's code differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True, cwd=ROOT).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "hiw_monitor"],
+                               capture_output=True, text=True, timeout=10, check=True,
+                               cwd=ROOT).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{head}" + (" plus uncommitted changes under hiw_monitor/" if dirty else "")
 
 
 # --- report -------------------------------------------------------------------------------
@@ -560,9 +591,11 @@ def render_doc(r: Results, command: str, polls: int) -> str:
         f"| Collection, slowest of all {len(every)} runs (default options) | {worst:.3f} s | "
         f"< {GOAL_SECONDS:g} s | {verdict(worst < GOAL_SECONDS)} |",
         f"| RSS after import | {_mb(r.ready['VmRSS']):.1f} MiB | | |",
-        f"| RSS peak (VmHWM) | {_mb(peak_kib):.1f} MiB | < {GOAL_RSS_MB:g} MB | "
+        f"| RSS peak (VmHWM) | {_mb(peak_kib):.1f} MiB ({peak_kib * 1024 / 1e6:.1f} MB) | "
+        f"< {GOAL_RSS_MB:g} MB | "
         f"{verdict(peak_kib * 1024 < GOAL_RSS_MB * 1e6)} |",
-        f"| RSS after the last run | {_mb(final_kib):.1f} MiB | < {GOAL_RSS_MB:g} MB | "
+        f"| RSS after the last run | {_mb(final_kib):.1f} MiB ({final_kib * 1024 / 1e6:.1f} MB) "
+        f"| < {GOAL_RSS_MB:g} MB | "
         f"{verdict(final_kib * 1024 < GOAL_RSS_MB * 1e6)} |",
         f"| Series exported by one statements collection | {series} | | |",
     ]
@@ -696,9 +729,20 @@ def render_doc(r: Results, command: str, polls: int) -> str:
             + f" MiB | < {GOAL_RSS_MB:g} MB |",
             f"| Peak RSS (VmHWM) | {_mb(f['hwm']):.1f} MiB | < {GOAL_RSS_MB:g} MB |",
             "",
-            f"The agent exited with code {f['exit']} after SIGTERM.",
+            f"RSS changed by {_mb(f['rss_last'] - f['quarters'][2]):+.1f} MiB over the last "
+            f"quarter of the run. Collectors: {', '.join(f['collectors'])}. The agent exited "
+            f"with code {f['exit']} after SIGTERM.",
             "",
         ]
+        b = r.no_statements
+        if b:
+            lines += [
+                f"For attribution, the same agent with `collectors.statements.enabled: false` "
+                f"(same activity and scrapes, {b['seconds']:g} s): RSS at the first / last "
+                f"sample {_mb(b['rss_first']):.1f} / {_mb(b['rss_last']):.1f} MiB, peak "
+                f"{_mb(b['hwm']):.1f} MiB; collectors: {', '.join(b['collectors'])}.",
+                "",
+            ]
     if r.profile:
         lines += [
             "## Profile (cProfile, one collection, all statements active, by own time)",
@@ -718,7 +762,11 @@ def render_doc(r: Results, command: str, polls: int) -> str:
         "with the HiW demo schema, `pg_stat_statements.max = 10000`, `track = all`, "
         "`track_planning = on`, `track_io_timing = on`",
         f"- Date: {now}",
+        "- Load average (1, 5, 15 min) at the start / end of the benchmark: "
+        + " / ".join(", ".join(f"{v:.2f}" for v in load) for load in r.load)
+        + " (the machine was not otherwise idle: other processes may have been running)",
         f"- Command: `{command}`",
+        f"- Code: {r.revision}",
         "",
         f"Statements: a table `{TABLE}` with integer columns c0..cK and {TABLE_ROWS} rows; "
         f"statement (i, j) is `SELECT c<i> FROM {TABLE} WHERE c<j> = <constant>`. Constants "
