@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from types import FrameType
 
 import structlog
@@ -45,6 +46,9 @@ def _common(parser: argparse.ArgumentParser, *, with_dsn: bool = True) -> None:
                             "(default host:port/dbname)")
     parser.add_argument("--listen", help=f"HTTP address host:port (env {ENV_LISTEN}; "
                         f"default {DEFAULT_LISTEN})")
+    parser.add_argument("--web.config.file", dest="web_config", metavar="FILE",
+                        help="TLS and basic auth, in the exporter-toolkit web config format "
+                        "(env HIW_MONITOR_WEB_CONFIG)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--log-format", choices=("auto", "json", "console"),
                         help="auto: console on a terminal, JSON otherwise")
@@ -78,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> Overrides:
     return Overrides(config=args.config, dsn=getattr(args, "dsn", None), listen=args.listen,
                      target_name=getattr(args, "target_name", None), log_level=args.log_level,
-                     log_format=args.log_format)
+                     log_format=args.log_format, web_config=args.web_config)
 
 
 def _stop_event() -> threading.Event:
@@ -96,12 +100,14 @@ def _stop_event() -> threading.Event:
 def serve_agent(config: Config, duration: float = 0.0) -> int:
     """Start HTTP + scheduler, wait for SIGTERM/SIGINT (or ``duration``), shut down."""
     agent = Agent(config)
-    app = App(agent.store, Exposition(agent.store), alive=agent.alive)
+    app = App(agent.store, Exposition(agent.store), alive=agent.alive, web=config.web,
+              open_healthz=config.open_healthz)
     server, thread = serve(app, *config.listen)  # bind first: a busy port fails fast
     stop = _stop_event()
     host, port = config.listen[0], server.server_port
-    log.info("listening", url=f"http://{host}:{port}/", version=__version__,
-             config=config.source)
+    scheme = "https" if config.web.ssl_context else "http"
+    log.info("listening", url=f"{scheme}://{host}:{port}/", version=__version__,
+             config=config.source, basic_auth=config.web.auth_required)
     agent.start()
     try:
         stop.wait(duration or None)
@@ -169,9 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         target = TargetConfig(name="heroes_in_waiting",
                               conninfo=cluster.dsn("heroes_in_waiting", user="hiw_monitor"),
                               password=password)
-        config = Config(targets=(target,), listen=base.listen, connection=base.connection,
-                        collectors=base.collectors, log_level=base.log_level,
-                        log_format=base.log_format, source="demo")
+        config = replace(base, targets=(target,), source="demo")
         log.info("demo_ready", postgres=f"{cluster.major} on 127.0.0.1:{cluster.port}",
                  database="heroes_in_waiting", monitor_role="hiw_monitor",
                  data_dir=str(cluster.base))

@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from hiw_monitor.collectors.base import Collector, Option
 from hiw_monitor.errors import ConfigError
 from hiw_monitor.units import parse_duration, parse_listen
+from hiw_monitor.webconfig import WebConfig, load_web_config
 
 DEFAULT_PORT = 9188  # postgres_exporter has 9187; pgbouncer_exporter 9127
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -28,6 +29,7 @@ LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_DSN, ENV_LISTEN, ENV_CONFIG = "HIW_MONITOR_DSN", "HIW_MONITOR_LISTEN", "HIW_MONITOR_CONFIG"
 ENV_TARGET_NAME = "HIW_MONITOR_TARGET_NAME"
+ENV_WEB_CONFIG = "HIW_MONITOR_WEB_CONFIG"
 
 # Connection keys a target may set besides its name and password source.
 _TARGET_PARAMS = ("host", "port", "dbname", "user", "sslmode", "sslrootcert", "sslcert", "sslkey")
@@ -81,6 +83,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "auto"
     source: str = "defaults"
+    web: WebConfig = field(default_factory=WebConfig)  # TLS and basic auth (none by default)
+    open_healthz: bool = True  # /healthz answers without credentials (for probes)
 
     @property
     def enabled_collectors(self) -> tuple[CollectorSettings, ...]:
@@ -97,6 +101,7 @@ class Overrides:
     target_name: str | None = None
     log_level: str | None = None
     log_format: str | None = None
+    web_config: str | None = None
 
 
 # --- the strict walk -------------------------------------------------------------------
@@ -219,6 +224,8 @@ _TOP_KEYS = {
     "connection": "connection timeouts and reconnect backoff",
     "collectors": "per-collector settings",
     "log": "level and format",
+    "web_config_file": "TLS / basic auth file in the exporter-toolkit format",
+    "open_healthz": "whether /healthz skips basic auth",
 }
 _CONNECTION_KEYS = {
     "connect_timeout": "", "statement_timeout": "", "lock_timeout": "",
@@ -486,6 +493,23 @@ def load(
         walk.fail("log.format", f"unknown format {log_format!r}",
                   f"use one of {', '.join(LOG_FORMATS)}")
 
+    # web: TLS and basic auth
+    web = WebConfig()
+    web_path = flags.web_config or env.get(ENV_WEB_CONFIG) or top.get("web_config_file")
+    if web_path is not None and not isinstance(web_path, str):
+        walk.fail("web_config_file", f"expected a file path, got {_kind(web_path)}",
+                  "write the path of the web config file")
+    elif web_path:
+        try:
+            web = load_web_config(web_path)
+        except ConfigError as exc:
+            walk.problems.append(exc)
+    open_healthz = top.get("open_healthz", True)
+    if not isinstance(open_healthz, bool):
+        walk.fail("open_healthz", f"expected true or false, got {_kind(open_healthz)}",
+                  "write true or false")
+        open_healthz = True
+
     if walk.problems:
         error = ConfigError.combine(walk.problems)
         error.source = config_path or ""
@@ -498,4 +522,6 @@ def load(
         log_level=level.lower(),
         log_format=log_format,
         source=source,
+        web=web,
+        open_healthz=open_healthz,
     )

@@ -7,6 +7,7 @@ database.
 
 from __future__ import annotations
 
+import base64
 import errno
 import html
 import socket
@@ -17,10 +18,15 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import structlog
+
 from hiw_monitor import __version__
 from hiw_monitor.errors import ConfigError
 from hiw_monitor.exposition import Exposition
 from hiw_monitor.snapshot import SnapshotStore
+from hiw_monitor.webconfig import WebConfig
+
+log = structlog.get_logger("hiw_monitor.web")
 
 StartResponse = Callable[..., Any]
 Health = Callable[[], str | None]  # returns a reason when unhealthy, None when fine
@@ -30,6 +36,10 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that breaks off (or speaks plain HTTP to TLS) is not worth a traceback."""
+        log.debug("http_client_error", client=str(client_address[0]))
 
 
 class _Server6(_Server):
@@ -69,10 +79,24 @@ class App:
     """The WSGI application."""
 
     def __init__(self, store: SnapshotStore, exposition: Exposition,
-                 alive: Health | None = None) -> None:
+                 alive: Health | None = None, web: WebConfig | None = None,
+                 open_healthz: bool = True) -> None:
         self.store = store
         self.exposition = exposition
         self.alive = alive or (lambda: None)
+        self.web = web or WebConfig()
+        self.open_healthz = open_healthz
+
+    def _authorized(self, environ: dict[str, Any]) -> bool:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return bool(sep) and self.web.check(user, password)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -80,6 +104,10 @@ class App:
         if method not in ("GET", "HEAD"):
             return self._plain(start_response, "405 Method Not Allowed", "use GET\n",
                                [("Allow", "GET, HEAD")])
+        exempt = path == "/healthz" and self.open_healthz
+        if self.web.auth_required and not exempt and not self._authorized(environ):
+            return self._plain(start_response, "401 Unauthorized", "authentication required\n",
+                               [("WWW-Authenticate", 'Basic realm="hiw-monitor"')])
         if path == "/metrics":
             body = self._metrics(environ, start_response)
         elif path == "/healthz":
@@ -165,7 +193,11 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.error{{background
 
 
 def serve(app: App, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Bind and serve in a daemon thread. A busy or forbidden address is a ConfigError."""
+    """Bind and serve in a daemon thread. A busy or forbidden address is a ConfigError.
+
+    With TLS the handshake happens in each request's own thread, not in the accept loop,
+    so a client that stalls in the handshake holds up nobody else.
+    """
     try:
         server = make_server(host, port, app, server_class=_Server6 if ":" in host else _Server,
                              handler_class=_QuietHandler)
@@ -181,6 +213,9 @@ def serve(app: App, host: str, port: int) -> tuple[WSGIServer, threading.Thread]
             raise ConfigError(where, "cannot bind this address on this machine",
                               "use an address of this host, e.g. 127.0.0.1 or 0.0.0.0") from None
         raise
+    if app.web.ssl_context is not None:
+        server.socket = app.web.ssl_context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                               name="hiw-http", daemon=True)
     thread.start()

@@ -12,6 +12,8 @@ apt_packages=()
 command -v runuser >/dev/null || apt_packages+=(util-linux)
 command -v promtool >/dev/null || apt_packages+=(prometheus)          # promtool, prometheus
 command -v amtool >/dev/null || apt_packages+=(prometheus-alertmanager)
+command -v curl >/dev/null || apt_packages+=(curl)
+command -v openssl >/dev/null || apt_packages+=(openssl)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${apt_packages[*]}; install them as root" >&2

@@ -17,6 +17,8 @@ DEBIAN_PACKAGE = {
     "prometheus": "prometheus",
     "amtool": "prometheus-alertmanager",
     "prometheus-alertmanager": "prometheus-alertmanager",
+    "curl": "curl",
+    "openssl": "openssl",
 }
 
 
