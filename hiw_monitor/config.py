@@ -309,6 +309,12 @@ def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetC
             elif walk.typed(value, f"{path}.{key}", str, "a string") is None:
                 continue
             params[key] = str(value)
+    port_text = str(params.get("port") or "")
+    if port_text and not all(p.isdigit() and 0 < int(p) < 65536 for p in port_text.split(",")):
+        walk.fail(f"{path}.port" if "dsn" not in entry or "port" in entry else path,
+                  f"port {port_text!r} is not a number between 1 and 65535",
+                  "fix the port in the connection string")
+        return None
     if "dsn" not in entry and "host" not in entry and "dbname" not in entry:
         walk.fail(path, "a target needs a dsn or host/port/dbname/user",
                   "add dsn: postgresql://user@host:5432/dbname, or host: and dbname:")
