@@ -17,7 +17,7 @@ from types import FrameType
 
 import structlog
 
-from hiw_monitor import __version__, logs
+from hiw_monitor import __version__, logs, memory
 from hiw_monitor.config import (
     DEFAULT_LISTEN,
     ENV_CONFIG,
@@ -190,6 +190,7 @@ COMMANDS = {"run": cmd_run, "once": cmd_once, "validate-config": cmd_validate, "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    memory.limit_arenas()  # before any thread starts
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

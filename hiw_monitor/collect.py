@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import structlog
 
+from hiw_monitor import memory
 from hiw_monitor.collectors.base import Collector, Context, Rows, families_series
 from hiw_monitor.config import CollectorSettings
 from hiw_monitor.errors import Reason, ReasonedError, TargetUnavailable, classify
@@ -69,6 +70,7 @@ def run_collection(target: Target, collector: Collector, settings: CollectorSett
             log.exception("collector_bug", target=target.name, collector=collector.name)
         finally:
             target.lock.release()
+    memory.trim()  # hand the collection's freed memory back (rate-limited, glibc only)
     duration = time.monotonic() - started
     finished = time.time()
     store.set_target(target.name, up=target.up,
