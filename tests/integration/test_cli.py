@@ -14,6 +14,7 @@ import pytest
 from conftest import HIW_DB, MONITOR_PASSWORD
 from helpers import agent_connections, http_get, sample, wait_for
 
+from hiw_monitor.collectors import ALL
 from hiw_monitor.demo.cluster import free_port
 
 pytestmark = pytest.mark.integration
@@ -81,9 +82,10 @@ def test_once_prints_the_exposition_and_exits_zero(pg):
     # logs go to stderr as JSON (not a TTY): one canonical event per collection
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     collections = [e for e in events if e["event"] == "collection"]
-    assert {e["collector"] for e in collections} == {"connections", "database", "statements"}
+    assert {e["collector"] for e in collections} == {c.name for c in ALL}
     for event in collections:
         assert {"target", "collector", "duration_ms", "series", "error"} <= event.keys()
+        assert event["error"] is None
         assert event["series"] > 0
 
 
