@@ -334,9 +334,15 @@ def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetC
         name = default_target_name(params, env)
     if name is None:
         return None
+    try:
+        conninfo = make_conninfo(**params)
+    except psycopg.ProgrammingError:
+        walk.fail(path, "holds characters a connection string cannot carry (e.g. NUL)",
+                  "remove control characters from the connection settings")
+        return None
     return TargetConfig(
         name=name,
-        conninfo=make_conninfo(**params),
+        conninfo=conninfo,
         password=password,
         password_env=entry.get("password_env"),
         password_file=entry.get("password_file"),

@@ -2,9 +2,12 @@
 
 from hiw_monitor.collectors import (
     backups,
+    bloat,
     connections,
     database,
+    indexes,
     statements,
+    vacuum,
     wal_archiving,
 )
 from hiw_monitor.collectors.base import Collector
@@ -15,5 +18,8 @@ ALL: tuple[Collector, ...] = (
     statements.COLLECTOR,
     backups.COLLECTOR,
     wal_archiving.COLLECTOR,
+    vacuum.COLLECTOR,
+    indexes.COLLECTOR,
+    bloat.COLLECTOR,
 )
 BY_NAME: dict[str, Collector] = {c.name: c for c in ALL}

@@ -403,7 +403,10 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     for key in members:
         state.totals.setdefault(key, dict.fromkeys(_DELTA_FIELDS, 0.0))
         row = by_key[key]
-        state.labels[key] = (row["datname"] or "(dropped)", row["rolname"] or "(dropped)")
+        # a dropped database or role keeps its oid in the label: two of them must not
+        # collide into one series
+        state.labels[key] = (row["datname"] or f"(dropped database {key[0]})",
+                             row["rolname"] or f"(dropped role {key[1]})")
 
     yield from _statement_families(state, t, summary, options)
     yield from _latency_families(state, ctx, by_key, deltas, cumulative)

@@ -1,0 +1,622 @@
+"""Table and B-tree index bloat, estimated from the catalog and pg_stats (no table scans),
+with an optional exact mode (pgstattuple) for the largest relations on a slow schedule.
+
+The estimate (``hiw_monitor.analysis.bloat``, explained in docs/bloat.md) needs each
+column's average width. ``pg_stats`` shows a table's columns only to roles that may SELECT
+them (and hides tables with row-level security from everyone but their owner), so a
+monitoring role with just ``pg_monitor`` sees widths for fixed-width columns only. Tables
+whose variable-width columns have no visible statistics are counted in
+``hiw_bloat_unestimated_relations`` instead of being guessed at; an optional
+``statistics_function`` (a SECURITY DEFINER function that returns widths and null
+fractions only, never values) fills the gap. The exact mode needs ``pg_stat_scan_tables``
+(part of ``pg_monitor``) and the pgstattuple extension; when it is missing the collector
+says so in ``hiw_bloat_exact_status`` and keeps estimating.
+
+Lock safety: relations with an ``AccessExclusiveLock`` granted or requested are never
+passed to a size function or to pgstattuple (a waiting request would queue us behind
+it); they are counted in ``hiw_bloat_locked_relations_skipped``. A lock taken between
+that check and the call waits at most the connection's ``lock_timeout``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from prometheus_client.core import Metric
+from psycopg import errors as pgerr
+from psycopg import sql
+
+from hiw_monitor.analysis import bloat
+from hiw_monitor.collectors.base import (
+    Collector,
+    Context,
+    Option,
+    Rows,
+    counter,
+    gauge,
+)
+from hiw_monitor.errors import Reason, ReasonedError
+
+EXACT_STATES = ("disabled", "ok", "extension_missing", "permission_denied")
+
+# Relations holding or waiting for an ACCESS EXCLUSIVE lock in this database: never
+# passed to a function that opens them (size, pgstattuple).
+_LOCKED = """
+locked AS MATERIALIZED (
+    SELECT DISTINCT l.relation AS oid
+    FROM pg_catalog.pg_locks l
+    WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
+      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                        WHERE d.datname = pg_catalog.current_database())
+)"""
+
+_FACTS = """
+SELECT current_setting('block_size')::int AS block_size,
+       pg_catalog.current_database() AS db,
+       (SELECT n.nspname FROM pg_catalog.pg_extension e
+        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname = 'pgstattuple') AS pgstattuple_schema
+"""
+
+# Heap relations (tables, materialized views) at or above the size threshold, plus every
+# locked one (its size is unknown: it is counted, never measured).
+_TABLES = f"""
+WITH {_LOCKED}
+SELECT * FROM (
+    SELECT c.oid, n.nspname AS schema, c.relname AS table, c.relnatts AS natts,
+           c.reltuples::float8 AS reltuples, c.reloptions,
+           pg_catalog.pg_stat_get_live_tuples(c.oid) AS live_tuples,
+           pg_catalog.pg_stat_get_dead_tuples(c.oid) AS dead_tuples,
+           (k.oid IS NOT NULL) AS locked,
+           CASE WHEN k.oid IS NULL THEN pg_catalog.pg_relation_size(c.oid) END AS size_bytes
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN locked k ON k.oid = c.oid
+    WHERE c.relkind IN ('r', 'm') AND c.relpersistence <> 't'
+      AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_toast'
+) r
+WHERE r.locked OR r.size_bytes >= %(min_size)s
+"""
+
+# Valid B-tree indexes of those heap relations, same rule; an index counts as locked when
+# it or its table is.
+_INDEXES = f"""
+WITH {_LOCKED}
+SELECT * FROM (
+    SELECT ic.oid, n.nspname AS schema, tc.relname AS table, ic.relname AS index,
+           tc.oid AS table_oid, ic.reltuples::float8 AS index_reltuples,
+           tc.reltuples::float8 AS table_reltuples, (i.indpred IS NOT NULL) AS partial,
+           ic.reloptions,
+           pg_catalog.pg_stat_get_live_tuples(tc.oid) AS live_tuples,
+           pg_catalog.pg_stat_get_dead_tuples(tc.oid) AS dead_tuples,
+           (ki.oid IS NOT NULL OR kt.oid IS NOT NULL) AS locked,
+           CASE WHEN ki.oid IS NULL AND kt.oid IS NULL
+                THEN pg_catalog.pg_relation_size(ic.oid) END AS size_bytes
+    FROM pg_catalog.pg_index i
+    JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+    JOIN pg_catalog.pg_class tc ON tc.oid = i.indrelid
+    JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+    JOIN pg_catalog.pg_namespace n ON n.oid = tc.relnamespace
+    LEFT JOIN locked ki ON ki.oid = ic.oid
+    LEFT JOIN locked kt ON kt.oid = tc.oid
+    WHERE am.amname = 'btree' AND ic.relkind = 'i' AND i.indisvalid
+      AND tc.relkind IN ('r', 'm') AND tc.relpersistence <> 't'
+      AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_toast'
+) r
+WHERE r.locked OR r.size_bytes >= %(min_size)s
+"""
+
+# Stored attributes of tables (and of expression indexes, whose statistics are kept under
+# the index's name) with their visible statistics; {extra_join} / {extra_width} /
+# {extra_null} bring in the optional statistics function.
+_COLUMNS = """
+SELECT a.attrelid AS relid, a.attnum, t.typlen, t.typalign,
+       coalesce(s.avg_width::float8, {extra_width}) AS avg_width,
+       coalesce(s.null_frac::float8, {extra_null}) AS null_frac
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_stats s
+       ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = a.attname
+      AND NOT s.inherited
+{extra_join}
+WHERE a.attrelid = ANY(%(relids)s) AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+# Key (and INCLUDE) columns of indexes: the stored type, and the table column they come
+# from (0 for an expression).
+_INDEX_COLUMNS = """
+SELECT a.attrelid AS index_oid, a.attnum AS position, t.typlen, t.typalign,
+       i.indkey[a.attnum - 1] AS table_attnum
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_index i ON i.indexrelid = a.attrelid
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = ANY(%(oids)s) AND a.attnum > 0
+"""
+
+_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+
+
+def _check_function(value: str) -> str | None:
+    if value == "" or _FUNCTION_NAME.match(value):
+        return None
+    return "expected a function name like hiw_monitor.column_widths (schema optional) or empty"
+
+
+OPTIONS: dict[str, Option] = {
+    "min_size_bytes": Option("int", 10 * 1024 * 1024, "relations smaller than this (main fork, "
+                             "bytes) are not estimated (default 10 MiB)", minimum=0),
+    "top_n": Option("int", 50, "tables and indexes exported one by one (each), ranked by "
+                    "wasted bytes", minimum=1),
+    "statistics_function": Option(
+        "str", "", "a SECURITY DEFINER function returning (relid, attnum, null_frac, "
+        "avg_width) from pg_statistic, for tables pg_stats hides (docs/bloat.md); empty: none",
+        check=_check_function),
+    "exact": Option("bool", False, "measure the largest relations with pgstattuple_approx / "
+                    "pgstatindex (reads them) on the exact_interval schedule"),
+    "exact_top_n": Option("int", 10, "exact mode: the N largest tables and the N largest "
+                          "B-tree indexes", minimum=1, maximum=1000),
+    "exact_interval": Option("duration", 6 * 3600.0, "exact mode: how often a new round of "
+                             "measurements starts (default 6h)"),
+    "exact_timeout": Option("duration", 10.0, "exact mode: statement timeout of each "
+                            "pgstattuple call (default 10s)"),
+    "exact_budget": Option("duration", 20.0, "exact mode: time spent measuring per run; the "
+                           "rest of a round continues at the next run (default 20s)"),
+}
+
+
+# --- state: the exact mode's round, kept between runs --------------------------------------
+
+
+@dataclass
+class BloatState:
+    """Exact-mode memory of one target: the relations still to measure in this round,
+    the latest measurement of each, when the round started, and failure counts."""
+
+    queue: list[tuple[str, int]] = field(default_factory=list)  # (kind, oid)
+    results: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    round_started: float | None = None
+    timeouts: int = 0
+    errors: int = 0
+
+
+def new_state() -> BloatState:
+    return BloatState()
+
+
+# --- fetching ---------------------------------------------------------------------------------
+
+
+def _columns_query(function: str) -> sql.Composable:
+    if not function:
+        return sql.SQL(_COLUMNS.format(extra_join="", extra_width="NULL", extra_null="NULL"))
+    name = sql.SQL(".").join(sql.Identifier(part) for part in function.split("."))
+    join = sql.SQL("LEFT JOIN {}() f ON f.relid = a.attrelid AND f.attnum = a.attnum").format(
+        name)
+    template = _COLUMNS.format(extra_join="{join}", extra_width="f.avg_width::float8",
+                              extra_null="f.null_frac::float8")
+    return sql.SQL(template).format(join=join)
+
+
+def _check_statistics_function(cur: Any, function: str) -> None:
+    cur.execute("SELECT pg_catalog.to_regprocedure(%s) IS NOT NULL AS found,"
+                " pg_catalog.current_database() AS db", [f"{function}()"])
+    row = cur.fetchone()
+    if not row["found"]:
+        raise ReasonedError(Reason(
+            "statistics_function_missing",
+            f"statistics_function {function}() does not exist in database {row['db']!r}; "
+            "create it as shown in docs/bloat.md or set collectors.bloat.statistics_function "
+            "to an empty string"))
+
+
+def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
+    options = ctx.options
+    cur.execute(_FACTS)
+    facts = dict(cur.fetchone())
+    function = str(options["statistics_function"])
+    if function:
+        _check_statistics_function(cur, function)
+    params = {"min_size": int(options["min_size_bytes"])}
+    cur.execute(_TABLES, params)
+    tables = cur.fetchall()
+    cur.execute(_INDEXES, params)
+    indexes = cur.fetchall()
+    measurable = [r for r in indexes if not r["locked"]]
+    index_columns: Rows = []
+    if measurable:
+        cur.execute(_INDEX_COLUMNS, {"oids": [r["oid"] for r in measurable]})
+        index_columns = cur.fetchall()
+    relids = {r["oid"] for r in tables if not r["locked"]}
+    relids |= {r["table_oid"] for r in measurable}
+    relids |= {r["index_oid"] for r in index_columns if r["table_attnum"] == 0}
+    columns: Rows = []
+    if relids:
+        cur.execute(_columns_query(function), {"relids": sorted(relids)})
+        columns = cur.fetchall()
+    exact_status, exact = _exact(cur, ctx, facts, tables, indexes)
+    facts["exact_status"] = exact_status
+    state: BloatState | None = ctx.state
+    if state is not None:
+        facts.update(exact_timeouts=state.timeouts, exact_errors=state.errors,
+                     exact_pending=len(state.queue), exact_round_started=state.round_started)
+    return {"facts": [facts], "tables": tables, "indexes": indexes, "columns": columns,
+            "index_columns": index_columns, "exact": exact}
+
+
+def _exact(cur: Any, ctx: Context, facts: Mapping[str, Any], tables: Rows, indexes: Rows
+           ) -> tuple[str, list[dict[str, Any]]]:
+    """Advance the exact-mode round within its time budget; return the status and every
+    measurement still current (relations that went away are forgotten)."""
+    state: BloatState = ctx.state if ctx.state is not None else BloatState()
+    options = ctx.options
+    if not options["exact"]:
+        state.queue.clear()
+        state.results.clear()
+        state.round_started = None
+        return "disabled", []
+    schema = facts["pgstattuple_schema"]
+    if schema is None:
+        return "extension_missing", []
+    cur.execute(sql.SQL(
+        "SELECT pg_catalog.has_function_privilege({}, 'EXECUTE')"
+        " AND pg_catalog.has_function_privilege({}, 'EXECUTE') AS allowed").format(
+        sql.Literal(f"{schema}.pgstattuple_approx(regclass)"),
+        sql.Literal(f"{schema}.pgstatindex(regclass)")))
+    if not cur.fetchone()["allowed"]:
+        return "permission_denied", []
+
+    current = {("table", r["oid"]): r for r in tables}
+    current.update({("index", r["oid"]): r for r in indexes})
+    for key in [k for k in state.results if k not in current]:
+        del state.results[key]
+    state.queue = [key for key in state.queue if key in current]
+    interval = float(options["exact_interval"])
+    if not state.queue and (state.round_started is None
+                            or ctx.now - state.round_started >= interval):
+        state.queue = _largest(tables, "table", int(options["exact_top_n"])) + \
+            _largest(indexes, "index", int(options["exact_top_n"]))
+        state.round_started = ctx.now
+
+    cur.execute("SELECT current_setting('statement_timeout') AS timeout")
+    restore = cur.fetchone()["timeout"]
+    budget = float(options["exact_budget"])
+    started = time.monotonic()
+    try:
+        while state.queue:
+            remaining = budget - (time.monotonic() - started)
+            if remaining <= 0.05:
+                break
+            kind, oid = state.queue.pop(0)
+            row = current[(kind, oid)]
+            if row["locked"]:
+                continue  # counted with the locked relations; retried next round
+            timeout_ms = max(1, int(min(float(options["exact_timeout"]), remaining) * 1000))
+            measured = _measure(cur, schema, kind, oid, timeout_ms, state)
+            if measured is not None:
+                state.results[(kind, oid)] = {**_labels(row, kind), **measured,
+                                              "kind": kind, "measured_at": ctx.now}
+    finally:
+        cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", [restore])
+    return "ok", list(state.results.values())
+
+
+def _largest(rows: Rows, kind: str, n: int) -> list[tuple[str, int]]:
+    sized = [r for r in rows if not r["locked"] and r["size_bytes"] is not None]
+    sized.sort(key=lambda r: (-int(r["size_bytes"]), int(r["oid"])))
+    return [(kind, int(r["oid"])) for r in sized[:n]]
+
+
+def _labels(row: Mapping[str, Any], kind: str) -> dict[str, str]:
+    labels = {"schema": str(row["schema"]), "table": str(row["table"])}
+    if kind == "index":
+        labels["index"] = str(row["index"])
+        labels["fillfactor"] = str(bloat.fillfactor_of(row["reloptions"],
+                                                        bloat.BTREE_LEAF_FILLFACTOR))
+    return labels
+
+
+def _measure(cur: Any, schema: str, kind: str, oid: int, timeout_ms: int,
+             state: BloatState) -> dict[str, Any] | None:
+    """One pgstattuple call inside a savepoint, under its own statement timeout."""
+    if kind == "table":
+        query = sql.SQL("SELECT table_len, dead_tuple_len, approx_free_space"
+                        " FROM {}.pgstattuple_approx(%s::oid::regclass)")
+    else:
+        query = sql.SQL("SELECT index_size, leaf_pages, internal_pages, empty_pages,"
+                        " deleted_pages, avg_leaf_density FROM {}.pgstatindex(%s::oid::regclass)")
+    try:
+        with cur.connection.transaction():
+            cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)",
+                        [str(timeout_ms)])
+            cur.execute(query.format(sql.Identifier(schema)), [oid])
+            row = cur.fetchone()
+    except pgerr.QueryCanceled:
+        state.timeouts += 1
+        return None
+    except pgerr.LockNotAvailable:
+        return None  # locked meanwhile: try again next round
+    except psycopg.Error:
+        state.errors += 1  # e.g. dropped meanwhile
+        return None
+    return dict(row) if row is not None else None
+
+
+# --- pure parts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    kind: str  # table | index
+    labels: tuple[str, ...]  # schema, table[, index]
+    size_bytes: int
+    estimate: bloat.Estimate
+
+
+def _column(typlen: Any, typalign: Any, stats: Mapping[str, Any] | None) -> bloat.Column | None:
+    """A column's layout, or None when its width is unknown (variable width, no stats)."""
+    null_frac = float(stats["null_frac"]) if stats and stats["null_frac"] is not None else 0.0
+    if typlen is not None and int(typlen) > 0:
+        return bloat.Column(float(typlen), str(typalign), False, null_frac)
+    if stats is None or stats["avg_width"] is None:
+        return None
+    return bloat.Column(float(stats["avg_width"]), str(typalign), True, null_frac)
+
+
+def live_tuples(row: Mapping[str, Any]) -> float | None:
+    """Live tuples now: the statistics system's count while it has one (it follows
+    deletes before any VACUUM or ANALYZE), else ``reltuples``; None when neither is known.
+
+    >>> live_tuples({"live_tuples": 70, "dead_tuples": 30, "reltuples": 100.0})
+    70.0
+    >>> live_tuples({"live_tuples": 0, "dead_tuples": 0, "reltuples": 100.0})
+    100.0
+    >>> live_tuples({"live_tuples": 0, "dead_tuples": 0, "reltuples": -1.0}) is None
+    True
+    """
+    live, dead = float(row["live_tuples"] or 0), float(row["dead_tuples"] or 0)
+    if live + dead > 0:
+        return live
+    reltuples = float(row["reltuples"]) if row["reltuples"] is not None else -1.0
+    return reltuples if reltuples >= 0 else None
+
+
+def estimate_tables(rows: Rows, columns: Mapping[int, Mapping[int, Mapping[str, Any]]],
+                    block_size: int) -> tuple[list[Result], int]:
+    """Estimates for the unlocked tables, and how many could not be estimated."""
+    results, unestimated = [], 0
+    for row in rows:
+        if row["locked"] or row["size_bytes"] is None:
+            continue
+        layout = [_column(c["typlen"], c["typalign"], c)
+                  for _, c in sorted(columns.get(int(row["oid"]), {}).items())]
+        live = live_tuples(row)
+        if not layout or live is None or any(c is None for c in layout):
+            unestimated += 1
+            continue
+        known = [c for c in layout if c is not None]
+        fillfactor = bloat.fillfactor_of(row["reloptions"], bloat.HEAP_DEFAULT_FILLFACTOR)
+        expected = bloat.expected_heap_pages(live, known, fillfactor, block_size,
+                                             natts=int(row["natts"] or len(known)))
+        actual = math.ceil(int(row["size_bytes"]) / block_size)
+        results.append(Result("table", (str(row["schema"]), str(row["table"])),
+                              int(row["size_bytes"]),
+                              bloat.estimate(actual, expected, block_size)))
+    return results, unestimated
+
+
+def estimate_indexes(rows: Rows, index_columns: Mapping[int, Sequence[Mapping[str, Any]]],
+                     columns: Mapping[int, Mapping[int, Mapping[str, Any]]],
+                     block_size: int) -> tuple[list[Result], int]:
+    """Estimates for the unlocked B-tree indexes, and how many could not be estimated."""
+    results, unestimated = [], 0
+    for row in rows:
+        if row["locked"] or row["size_bytes"] is None:
+            continue
+        layout: list[bloat.Column | None] = []
+        for key in sorted(index_columns.get(int(row["oid"]), ()),
+                          key=lambda k: int(k["position"])):
+            attnum = int(key["table_attnum"])
+            if attnum > 0:
+                stats = columns.get(int(row["table_oid"]), {}).get(attnum)
+            else:
+                stats = columns.get(int(row["oid"]), {}).get(int(key["position"]))
+            layout.append(_column(key["typlen"], key["typalign"], stats))
+        live = live_tuples({**row, "reltuples": row["table_reltuples"]})
+        if not layout or live is None or any(c is None for c in layout):
+            unestimated += 1
+            continue
+        entries = live
+        table_rt, index_rt = float(row["table_reltuples"]), float(row["index_reltuples"])
+        if row["partial"]:
+            if table_rt > 0 and index_rt >= 0:
+                entries = live * min(1.0, index_rt / table_rt)
+            elif index_rt >= 0:
+                entries = index_rt
+        fillfactor = bloat.fillfactor_of(row["reloptions"], bloat.BTREE_LEAF_FILLFACTOR)
+        expected = bloat.expected_btree_pages(entries, [c for c in layout if c is not None],
+                                              fillfactor, block_size)
+        actual = math.ceil(int(row["size_bytes"]) / block_size)
+        results.append(Result("index",
+                              (str(row["schema"]), str(row["table"]), str(row["index"])),
+                              int(row["size_bytes"]),
+                              bloat.estimate(actual, expected, block_size)))
+    return results, unestimated
+
+
+def exact_waste(row: Mapping[str, Any], block_size: int) -> tuple[float, float] | None:
+    """(wasted bytes, ratio) of one pgstattuple measurement.
+
+    Tables (pgstattuple_approx): dead tuples plus free space, over the table's length.
+    Indexes (pgstatindex): the pages beyond leaf pages packed to the fillfactor, internal
+    pages and the metapage.
+
+    >>> exact_waste({"kind": "table", "table_len": 1000, "dead_tuple_len": 100,
+    ...              "approx_free_space": 200}, 8192)
+    (300.0, 0.3)
+    >>> exact_waste({"kind": "index", "index_size": 8192 * 101, "leaf_pages": 90,
+    ...              "internal_pages": 1, "empty_pages": 0, "deleted_pages": 9,
+    ...              "avg_leaf_density": 45.0, "fillfactor": "90"}, 8192)
+    (442368.0, 0.5346534653465347)
+    """
+    if row["kind"] == "table":
+        size = float(row["table_len"] or 0)
+        if size <= 0:
+            return 0.0, 0.0
+        wasted = float(row["dead_tuple_len"] or 0) + float(row["approx_free_space"] or 0)
+        return wasted, min(1.0, wasted / size)
+    size = float(row["index_size"] or 0)
+    density = row["avg_leaf_density"]
+    if size <= 0 or density is None or math.isnan(float(density)):
+        return 0.0, 0.0
+    pages = size / block_size
+    packed = math.ceil(float(row["leaf_pages"]) * float(density) / float(row["fillfactor"]))
+    expected = packed + float(row["internal_pages"]) + 1
+    wasted_pages = max(0.0, pages - expected)
+    return wasted_pages * block_size, wasted_pages / pages
+
+
+def _by_relation(rows: Rows) -> dict[int, dict[int, Mapping[str, Any]]]:
+    out: dict[int, dict[int, Mapping[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(int(row["relid"]), {})[int(row["attnum"])] = row
+    return out
+
+
+def _by_index(rows: Rows) -> dict[int, list[Mapping[str, Any]]]:
+    out: dict[int, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(int(row["index_oid"]), []).append(row)
+    return out
+
+
+def top(results: Sequence[Result], n: int) -> list[Result]:
+    """The ``n`` results with the most wasted bytes (then the largest, then by name)."""
+    ranked = sorted(results, key=lambda r: (-r.estimate.wasted_bytes, -r.size_bytes, r.labels))
+    return ranked[:n]
+
+
+def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
+    t = ctx.target
+    facts = rows["facts"][0]
+    block_size = int(facts["block_size"])
+    n = int(ctx.options["top_n"])
+    columns = _by_relation(rows["columns"])
+    tables, tables_blind = estimate_tables(rows["tables"], columns, block_size)
+    indexes, indexes_blind = estimate_indexes(rows["indexes"], _by_index(rows["index_columns"]),
+                                              columns, block_size)
+
+    table_ratio = gauge("hiw_table_bloat_ratio", "Estimated share of the table's main fork "
+                        "that is dead or free space (0..1); top N tables by wasted bytes.",
+                        ["schema", "table"])
+    table_bytes = gauge("hiw_table_bloat_bytes", "Estimated dead or free space in the "
+                        "table's main fork, in bytes; top N tables by wasted bytes.",
+                        ["schema", "table"])
+    for result in top(tables, n):
+        table_ratio.add_metric([t, *result.labels], result.estimate.ratio)
+        table_bytes.add_metric([t, *result.labels], float(result.estimate.wasted_bytes))
+    yield from (table_ratio, table_bytes)
+
+    index_ratio = gauge("hiw_index_bloat_ratio", "Estimated share of the B-tree index beyond "
+                        "its freshly built size (0..1); top N indexes by wasted bytes.",
+                        ["schema", "table", "index"])
+    index_bytes = gauge("hiw_index_bloat_bytes", "Estimated bytes of the B-tree index beyond "
+                        "its freshly built size; top N indexes by wasted bytes.",
+                        ["schema", "table", "index"])
+    for result in top(indexes, n):
+        index_ratio.add_metric([t, *result.labels], result.estimate.ratio)
+        index_bytes.add_metric([t, *result.labels], float(result.estimate.wasted_bytes))
+    yield from (index_ratio, index_bytes)
+
+    estimated = gauge("hiw_bloat_estimated_relations", "Relations at or above min_size_bytes "
+                      "with an estimate (exported or not), by kind.", ["kind"])
+    blind = gauge("hiw_bloat_unestimated_relations", "Relations at or above min_size_bytes "
+                  "without an estimate: a variable-width column has no visible statistics, "
+                  "or the table was never analyzed. By kind.", ["kind"])
+    wasted = gauge("hiw_bloat_wasted_bytes", "Estimated wasted bytes summed over every "
+                   "estimated relation (not only the exported top N), by kind.", ["kind"])
+    estimated.add_metric([t, "table"], float(len(tables)))
+    estimated.add_metric([t, "index"], float(len(indexes)))
+    blind.add_metric([t, "table"], float(tables_blind))
+    blind.add_metric([t, "index"], float(indexes_blind))
+    wasted.add_metric([t, "table"], float(sum(r.estimate.wasted_bytes for r in tables)))
+    wasted.add_metric([t, "index"], float(sum(r.estimate.wasted_bytes for r in indexes)))
+    yield from (estimated, blind, wasted)
+
+    locked = gauge("hiw_bloat_locked_relations_skipped", "Relations skipped in this run "
+                   "because an ACCESS EXCLUSIVE lock on them was held or awaited.")
+    locked_ids = {int(r["oid"]) for r in (*rows["tables"], *rows["indexes"]) if r["locked"]}
+    locked.add_metric([t], float(len(locked_ids)))
+    yield locked
+
+    yield from _exact_families(t, facts, rows["exact"], block_size)
+
+
+def _exact_families(t: str, facts: Mapping[str, Any], exact: Rows, block_size: int
+                    ) -> Iterator[Metric]:
+    status = gauge("hiw_bloat_exact_status", "Exact mode (pgstattuple), one-hot: disabled, "
+                   "ok, extension_missing (CREATE EXTENSION pgstattuple), permission_denied "
+                   "(GRANT pg_stat_scan_tables).", ["status"])
+    for state in EXACT_STATES:
+        status.add_metric([t, state], 1.0 if state == facts["exact_status"] else 0.0)
+    yield status
+    table_ratio = gauge("hiw_table_bloat_exact_ratio", "Dead tuples plus free space over the "
+                        "table's length, measured by pgstattuple_approx (exact mode).",
+                        ["schema", "table"])
+    table_bytes = gauge("hiw_table_bloat_exact_bytes", "Dead tuples plus free space in bytes, "
+                        "measured by pgstattuple_approx (exact mode).", ["schema", "table"])
+    index_ratio = gauge("hiw_index_bloat_exact_ratio", "Share of the index beyond its leaf "
+                        "pages packed to the fillfactor, measured by pgstatindex (exact "
+                        "mode).", ["schema", "table", "index"])
+    index_bytes = gauge("hiw_index_bloat_exact_bytes", "Bytes of the index beyond its leaf "
+                        "pages packed to the fillfactor, measured by pgstatindex (exact "
+                        "mode).", ["schema", "table", "index"])
+    for row in sorted(exact, key=lambda r: (r["kind"], r["schema"], r["table"],
+                                            r.get("index", ""))):
+        waste = exact_waste(row, block_size)
+        if waste is None:
+            continue
+        if row["kind"] == "table":
+            labels = [t, row["schema"], row["table"]]
+            table_ratio.add_metric(labels, waste[1])
+            table_bytes.add_metric(labels, waste[0])
+        else:
+            labels = [t, row["schema"], row["table"], row["index"]]
+            index_ratio.add_metric(labels, waste[1])
+            index_bytes.add_metric(labels, waste[0])
+    yield from (table_ratio, table_bytes, index_ratio, index_bytes)
+    started = gauge("hiw_bloat_exact_round_start_timestamp_seconds", "When the current exact "
+                    "round started; absent before the first one.")
+    if facts.get("exact_round_started") is not None:
+        started.add_metric([t], float(facts["exact_round_started"]))
+    pending = gauge("hiw_bloat_exact_pending_relations", "Relations of the current exact round "
+                    "not measured yet (they continue at the next run).")
+    pending.add_metric([t], float(facts.get("exact_pending") or 0))
+    timeouts = counter("hiw_bloat_exact_timeouts", "pgstattuple calls stopped by "
+                       "exact_timeout since the agent started.")
+    timeouts.add_metric([t], float(facts.get("exact_timeouts") or 0))
+    errors = counter("hiw_bloat_exact_errors", "pgstattuple calls that failed otherwise "
+                     "(e.g. the relation was dropped meanwhile) since the agent started.")
+    errors.add_metric([t], float(facts.get("exact_errors") or 0))
+    yield from (started, pending, timeouts, errors)
+
+
+COLLECTOR = Collector(
+    name="bloat",
+    help="table and B-tree index bloat estimated from the catalog and pg_stats; optional "
+         "exact mode with pgstattuple",
+    interval=900.0,
+    timeout=60.0,
+    queries={},  # fetch() runs _TABLES, _INDEXES and the column queries
+    transform=transform,
+    options=OPTIONS,
+    fetch=fetch,
+    new_state=new_state,
+)
