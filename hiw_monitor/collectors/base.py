@@ -120,6 +120,19 @@ class Collector:
     on_failure: OnFailure | None = None
 
 
+# A CTE naming the relations of this database that hold or wait for an ACCESS EXCLUSIVE
+# lock: per-relation collectors never pass them to a function that opens them (sizes,
+# pgstattuple, pg_get_expr), so they never queue behind a lock. Used as "WITH {LOCKED}".
+LOCKED_RELATIONS_CTE = """
+locked AS MATERIALIZED (
+    SELECT DISTINCT l.relation AS oid
+    FROM pg_catalog.pg_locks l
+    WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
+      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                        WHERE d.datname = pg_catalog.current_database())
+)"""
+
+
 # --- helpers to build families; every family carries the target label first -----------
 
 

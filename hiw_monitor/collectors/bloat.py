@@ -34,6 +34,7 @@ from psycopg import sql
 
 from hiw_monitor.analysis import bloat
 from hiw_monitor.collectors.base import (
+    LOCKED_RELATIONS_CTE,
     Collector,
     Context,
     Option,
@@ -45,16 +46,7 @@ from hiw_monitor.errors import Reason, ReasonedError
 
 EXACT_STATES = ("disabled", "ok", "extension_missing", "permission_denied")
 
-# Relations holding or waiting for an ACCESS EXCLUSIVE lock in this database: never
-# passed to a function that opens them (size, pgstattuple).
-_LOCKED = """
-locked AS MATERIALIZED (
-    SELECT DISTINCT l.relation AS oid
-    FROM pg_catalog.pg_locks l
-    WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
-      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                        WHERE d.datname = pg_catalog.current_database())
-)"""
+
 
 _FACTS = """
 SELECT current_setting('block_size')::int AS block_size,
@@ -67,7 +59,7 @@ SELECT current_setting('block_size')::int AS block_size,
 # Heap relations (tables, materialized views) at or above the size threshold, plus every
 # locked one (its size is unknown: it is counted, never measured).
 _TABLES = f"""
-WITH {_LOCKED}
+WITH {LOCKED_RELATIONS_CTE}
 SELECT * FROM (
     SELECT c.oid, n.nspname AS schema, c.relname AS table, c.relnatts AS natts,
            c.reltuples::float8 AS reltuples, c.reloptions,
@@ -87,7 +79,7 @@ WHERE r.locked OR r.size_bytes >= %(min_size)s
 # Valid B-tree indexes of those heap relations, same rule; an index counts as locked when
 # it or its table is.
 _INDEXES = f"""
-WITH {_LOCKED}
+WITH {LOCKED_RELATIONS_CTE}
 SELECT * FROM (
     SELECT ic.oid, n.nspname AS schema, tc.relname AS table, ic.relname AS index,
            tc.oid AS table_oid, ic.reltuples::float8 AS index_reltuples,

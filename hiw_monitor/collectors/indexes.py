@@ -20,22 +20,21 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from hiw_monitor.collectors.base import Collector, Context, Option, Rows, counter, gauge
-
-_LOCKED = """
-locked AS MATERIALIZED (
-    SELECT DISTINCT l.relation AS oid
-    FROM pg_catalog.pg_locks l
-    WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
-      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                        WHERE d.datname = pg_catalog.current_database())
-)"""
+from hiw_monitor.collectors.base import (
+    LOCKED_RELATIONS_CTE,
+    Collector,
+    Context,
+    Option,
+    Rows,
+    counter,
+    gauge,
+)
 
 # Every user index with its usage; the duplicate signature (access method, key columns,
 # operator classes, collations, options, expressions, predicate) only when the relation
 # may be opened (pg_get_expr opens it).
 _INDEXES = f"""
-WITH {_LOCKED}
+WITH {LOCKED_RELATIONS_CTE}
 SELECT ic.oid, s.schemaname AS schema, s.relname AS table, s.indexrelname AS index,
        s.idx_scan, i.indisunique, i.indisprimary, i.indisvalid, i.indisready,
        EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = ic.oid)
@@ -57,7 +56,7 @@ WHERE ic.relkind = 'i'
 
 # Sizes of the indexes that will be exported, measured only if still unlocked.
 _SIZES = f"""
-WITH {_LOCKED}
+WITH {LOCKED_RELATIONS_CTE}
 SELECT c.oid, CASE WHEN k.oid IS NULL AND kt.oid IS NULL
                    THEN pg_catalog.pg_relation_size(c.oid) END AS size_bytes
 FROM pg_catalog.pg_class c
