@@ -352,6 +352,7 @@ class Result:
     client_errors: int
     server_errors: int
     tps: float
+    foreign: list[tuple[float, str, str]]  # (calls, user, text) in the window, not workload
 
 
 def read_pgbench_logs(directory: Path, prefix: str) -> tuple[list[float], int]:
@@ -497,9 +498,20 @@ class Bench:
         grid = state.grid
         server_values = [event.seconds for event in events]
         with self.cluster.connect(DBNAME) as admin:
-            pgss = {row[0]: (float(row[1]), float(row[2]) / 1000.0) for row in admin.execute(
-                "SELECT queryid, calls, total_exec_time / calls FROM pg_stat_statements "
-                "WHERE toplevel AND calls > 0").fetchall()}
+            rows = admin.execute(
+                "SELECT s.queryid, s.calls, s.total_exec_time / s.calls, r.rolname, "
+                "left(s.query, 60) FROM pg_stat_statements s "
+                "JOIN pg_roles r ON r.oid = s.userid WHERE s.toplevel AND s.calls > 0").fetchall()
+        pgss = {row[0]: (float(row[1]), float(row[2]) / 1000.0) for row in rows}
+        texts = {row[0]: row[4] for row in rows}
+        workload = {event.queryid for event in events}
+        # what else the agent's window counted (its state sums every interval's deltas)
+        foreign = [(totals["calls"], state.labels[key][1], texts.get(key[2], "?"))
+                   for key, totals in state.totals.items()
+                   if key[2] not in workload and state.labels[key][1] != "hiw_monitor"
+                   and totals.get("calls", 0.0) > 0]
+        for calls, user, text in foreign:
+            print(f"  also in the agent's window: {calls:.0f} calls by {user}: {text!r}")
         return Result(
             scenario=scenario,
             client=Quantiles.of(latencies),
@@ -516,6 +528,7 @@ class Bench:
             client_errors=failures,
             server_errors=server_errors,
             tps=pgbench_tps(summary),
+            foreign=foreign,
         )
 
 
@@ -524,6 +537,8 @@ class Environment:
     server_version: str
     pgbench_version: str
     duration: float
+    load_before: float  # 1-minute load average before the first and after the last run
+    load_after: float
 
 
 def run_bench(duration: float, only: Sequence[str]) -> tuple[list[Result], Environment]:
@@ -532,6 +547,7 @@ def run_bench(duration: float, only: Sequence[str]) -> tuple[list[Result], Envir
         raise BenchError("no PostgreSQL 15 server binaries: apt-get install postgresql-15")
     if not (binaries.bindir / "pgbench").exists():
         raise BenchError(f"no pgbench in {binaries.bindir}")
+    load_before = os.getloadavg()[0]
     password = secrets.token_urlsafe(18)
     base = load(environ={}, require_targets=False).collectors["statements"]
     settings = dataclasses.replace(base, options={**base.options, "window": WINDOW})
@@ -564,7 +580,8 @@ def run_bench(duration: float, only: Sequence[str]) -> tuple[list[Result], Envir
             target.close()
     finally:
         cluster.destroy()
-    return results, Environment(server_version, pgbench_version, duration)
+    return results, Environment(server_version, pgbench_version, duration, load_before,
+                                os.getloadavg()[0])
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -648,6 +665,19 @@ def discussion(r: Result) -> str:
             f"p95 is ill-conditioned here: the server truth goes from {ms(p94)} ms at p94 "
             f"to {ms(p96)} ms at p96, so misplacing a fraction of a percent of the calls "
             "moves p95 by tens of percent.")
+    for st in r.statements:
+        if st.fit_kind == "ScaledBeta" and st.truth.calls >= 0.01 * r.server.calls and \
+                st.maximum > 1.2 * st.truth.values[2]:
+            parts.append(
+                f"`{short(st.text, 50)}` is fitted as a Beta on [min, max], and its max "
+                f"({ms(st.maximum)} ms) is a single outlier {st.maximum / st.truth.values[2]:.2f}"
+                f"x its own p99 ({ms(st.truth.values[2])} ms): one slow call in the "
+                "statement's lifetime widens the fitted range (fit p95 "
+                f"{ms(st.fit_p95)} ms vs true {ms(st.truth.p95)} ms).")
+    if r.foreign:
+        listed = "; ".join(f"{calls:.0f} of `{short(text, 50)}` by {user}"
+                           for calls, user, text in r.foreign)
+        parts.append(f"Besides the workload the agent's window counted: {listed}.")
     if abs(vs_client) <= GOAL and abs(vs_server) <= GOAL:
         parts.append("Within the 10 % goal against both truths.")
     if abs(vs_client) > GOAL and abs(relative_error(r.client.p95, r.server.p95)) > GOAL:
@@ -697,8 +727,10 @@ def conclusions(results: Sequence[Result]) -> list[str]:
     below_floor = [r.scenario.key for r in results if r.server.values[0] < floor]
     shape = [r.scenario.key for r in results if abs(decompose(r, 1)[1]) > GOAL]
     shape_any = [r.scenario.key for r in results
-                 if any(abs(decompose(r, i)[1]) > GOAL for i in range(3))]
-    overhead = [r.scenario.key for r in results
+                 if any(abs(decompose(r, i)[1]) > GOAL and r.server.values[i] >= floor
+                        for i in (0, 2))]
+    overhead = [f"{r.scenario.key}: client p95 {ms(r.client.p95)} ms, server "
+                f"{ms(r.server.p95)} ms" for r in results
                 if abs(relative_error(r.client.p95, r.server.p95)) > GOAL]
     good = [r.scenario.key for r in results
             if all(abs(decompose(r, i)[2]) <= GOAL for i in range(3))]
@@ -718,18 +750,19 @@ def conclusions(results: Sequence[Result]) -> list[str]:
     if shape_any and set(shape_any) - set(shape):
         lines.append(
             "- At p50 or p99 the fitted shapes miss by more than 10 % in "
-            f"{', '.join(k for k in shape_any if k not in shape)} (see the diagnostics "
-            "table): a statement with two modes (e.g. an update that sometimes waits on a "
-            "row lock) is smoothed into one unimodal shape.")
+            f"{', '.join(k for k in shape_any if k not in shape)} (replay column of the "
+            "diagnostics table): one unimodal two-moment shape per statement and interval "
+            "cannot follow a statement with two modes (e.g. an update that sometimes waits "
+            "on a row lock) or a tight body with rare outliers.")
     if below_floor:
         lines.append(
             f"- p50 below the grid's floor of {ms(floor)} ms ({', '.join(below_floor)}) is "
             "reported as the floor.")
     if overhead:
         lines.append(
-            f"- Against what clients see, sub-millisecond quantiles are dominated by time "
-            f"the server does not measure ({', '.join(overhead)}); the agent reports "
-            "execution time, by design.")
+            "- Client-side p95 is more than 10 % above the server's where statements are "
+            f"short and the machine is busy ({'; '.join(overhead)}): time the server does "
+            "not measure. The agent reports execution time, by design.")
     lines.append("")
     return lines
 
@@ -765,7 +798,9 @@ def render_doc(results: Sequence[Result], env: Environment, command: str) -> str
         "`track_planning = on`, `log_min_duration_statement = 0`; "
         f"{env.pgbench_version}; Python {platform.python_version()}; {os.cpu_count()} "
         f"cores as reported by `os.cpu_count()`, {platform.machine()}, {platform.system()} "
-        f"{platform.release()}. Date: {now}.",
+        f"{platform.release()}; 1-minute load average {env.load_before:.2f} before the "
+        f"first scenario and {env.load_after:.2f} after the last (the benchmark's own "
+        f"clients, server and agent share those cores). Date: {now}.",
         f"- Command: `{command}`",
         f"- Each scenario: `SELECT pg_stat_statements_reset()`, a fresh collector state, a "
         f"baseline collection, then `pgbench -n -M prepared -T {env.duration:g} --log` as "
@@ -793,12 +828,18 @@ def render_doc(results: Sequence[Result], env: Environment, command: str) -> str
         "pg_stat_statements entries match per statement).",
         "- Quantiles of the truths: linear interpolation between order statistics over all "
         "calls of the run. Relative error = (agent - truth) / truth.",
-        "- Diagnostics (second table): *grid only* counts the exact server-log durations on "
-        "the agent's grid and reads them back with `latency.quantile` (no shape assumed); "
+        "- Diagnostics (*Where the error comes from*): *grid only* counts the exact "
+        "server-log durations on the agent's grid and reads them back with "
+        "`latency.quantile` (no shape assumed); "
         "*replay* feeds the agent's estimator (`latency.fit` per statement and interval, "
         "with the statement's min/max/calls so far, then `spread`) the server log's "
         "per-interval moments instead of pg_stat_statements', with the intervals cut at the "
         "collection times.",
+        "- One run per scenario. a to c spend their time in `pg_sleep` and barely load the "
+        "machine; d1 and d2 "
+        "keep 10 clients busy on the same cores as the server and the agent, so their "
+        "tails (and the client-server gap) move with whatever else runs on the machine: "
+        "expect their numbers to vary from run to run.",
         "",
         "## Scenarios",
         "",

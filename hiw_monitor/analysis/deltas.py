@@ -61,8 +61,11 @@ class CounterTracker(Generic[K]):
         new_prev: dict[K, tuple[float, ...]] = {}
         for key, current in rows.items():
             if tuple(current) != self._fields:
+                # another shape of row (e.g. ALTER EXTENSION ... UPDATE added columns):
+                # this poll is a new baseline, not a lifetime of counters in one interval
                 self._fields = tuple(current)
-                self._prev = {}  # another shape of row: start over from a baseline
+                self._prev = {}
+                self.has_baseline = False
             values = tuple(float(v) for v in current.values())
             new_prev[key] = values
             previous = self._prev.get(key)

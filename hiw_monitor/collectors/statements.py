@@ -172,7 +172,7 @@ class StatementsState:
         if self.grid and self.window is not None and self.window.seconds == window and \
                 tuple(self.grid[i] for i in self.bucket_index) == tuple(buckets):
             return
-        self.grid = latency.log_grid(extra=buckets)
+        self.grid = latency.log_grid(lo=1e-6, extra=buckets)  # from 1 us: primary-key lookups
         self.bucket_index = tuple(self.grid.index(b) for b in buckets)
         self.window = latency.RollingWindow(window, len(self.grid))
         self.histogram = [0.0] * len(buckets)

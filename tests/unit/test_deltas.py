@@ -48,6 +48,16 @@ def test_stats_since_change_marks_a_recreated_entry():
     assert tracker.update({"q": {"calls": 12}}, since={"q": 2.0}) == {"q": {"calls": 12.0}}
 
 
+def test_a_new_row_shape_starts_a_new_baseline():
+    tracker = CounterTracker()
+    tracker.update({"q": {"calls": 1000}})
+    tracker.update({"q": {"calls": 1010}})
+    # an extension update adds a column: not 1,020 calls in one interval
+    assert tracker.update({"q": {"calls": 1020, "plans": 5}}) == {}
+    assert tracker.update({"q": {"calls": 1030, "plans": 6}}) == \
+        {"q": {"calls": 10.0, "plans": 1.0}}
+
+
 def test_first_poll_is_only_a_baseline_and_vanished_keys_are_forgotten():
     tracker = CounterTracker()
     assert tracker.update({"a": {"calls": 5}, "b": {"calls": 1}}) == {}
