@@ -63,9 +63,10 @@ class CounterTracker(Generic[K]):
             if tuple(current) != self._fields:
                 # another shape of row (e.g. ALTER EXTENSION ... UPDATE added columns):
                 # this poll is a new baseline, not a lifetime of counters in one interval
+                if self._fields:  # (the first rows ever only set the shape)
+                    self._prev = {}
+                    self.has_baseline = False
                 self._fields = tuple(current)
-                self._prev = {}
-                self.has_baseline = False
             values = tuple(float(v) for v in current.values())
             new_prev[key] = values
             previous = self._prev.get(key)
