@@ -335,6 +335,9 @@ def render_doc(results: Results, scrapes: int, command: str) -> str:
     return "\n".join(lines)
 
 
+KEEP_FROM = "## Against postgres_exporter"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--scrapes", type=int, default=100, help="requests per kind (>= 2)")
@@ -352,7 +355,13 @@ def main() -> int:
         return 1
     command = shlex.join([sys.executable, *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_doc(results, args.scrapes, command), encoding="utf-8")
+    # sections other benches appended ("## Against postgres_exporter", ...) are kept
+    kept = ""
+    if args.out.exists():
+        previous = args.out.read_text(encoding="utf-8")
+        marker = previous.find(KEEP_FROM)
+        kept = "\n" + previous[marker:] if marker >= 0 else ""
+    args.out.write_text(render_doc(results, args.scrapes, command) + kept, encoding="utf-8")
     for t in results.timings:
         print(f"  {t.label}: median {t.median_ms:.2f} ms, p90 {t.p90_ms:.2f} ms, "
               f"max {t.max_ms:.2f} ms, {t.size_text} bytes")
