@@ -327,27 +327,54 @@ def quantile(bounds: Sequence[float], cumulative: Sequence[float], total: float,
     return lo * math.exp(math.log(hi / lo) * fraction)
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One collection's cumulative counts, stored compactly: zero below ``start``, the
+    ``values`` from ``start``, and constant (the last value) from ``start + len(values)``.
+    A 5-minute window at 1 s intervals then holds a few kB per entry, not the grid."""
+
+    at: float
+    start: int
+    values: array[float]
+    calls: float
+    total: float
+
+
 class RollingWindow:
     """Cumulative grid counts of the last ``seconds``: one entry per collection."""
 
     def __init__(self, seconds: float, size: int) -> None:
         self.seconds = seconds
         self.size = size
-        self._entries: deque[tuple[float, array[float], float, float]] = deque()
+        self._entries: deque[_Entry] = deque()
 
     def add(self, now: float, cumulative: Sequence[float], calls: float,
             total_time: float) -> None:
-        self._entries.append((now, array("d", cumulative), calls, total_time))
-        while self._entries and self._entries[0][0] <= now - self.seconds:
+        start = next((i for i, v in enumerate(cumulative) if v > 0), len(cumulative))
+        stop = len(cumulative)
+        if start < stop:
+            last = cumulative[-1]
+            while stop - 1 > start and cumulative[stop - 2] == last:
+                stop -= 1
+        self._entries.append(_Entry(now, start, array("d", cumulative[start:stop]), calls,
+                                    total_time))
+        while self._entries and self._entries[0].at <= now - self.seconds:
             self._entries.popleft()
 
     def totals(self) -> tuple[list[float], float, float]:
         """(cumulative counts, calls, total time) summed over the window."""
         counts = [0.0] * self.size
+        steps = [0.0] * (self.size + 1)
         calls = total = 0.0
-        for _, entry, entry_calls, entry_total in self._entries:
-            for i, value in enumerate(entry):
-                counts[i] += value
-            calls += entry_calls
-            total += entry_total
+        for entry in self._entries:
+            for offset, value in enumerate(entry.values):
+                counts[entry.start + offset] += value
+            if entry.values:
+                steps[entry.start + len(entry.values)] += entry.values[-1]
+            calls += entry.calls
+            total += entry.total
+        running = 0.0
+        for i in range(self.size):
+            running += steps[i]
+            counts[i] += running
         return counts, calls, total

@@ -155,3 +155,19 @@ def test_window_keeps_only_recent_entries(entries, seconds):
         times.append((t, c))
     expected = sum(c for when, c in times if when > now - seconds)
     assert calls == pytest.approx(expected)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.lists(st.floats(0, 50), min_size=6, max_size=6), min_size=1, max_size=8))
+def test_window_compaction_loses_nothing(increments):
+    window = RollingWindow(1000.0, 6)
+    expected = [0.0] * 6
+    for when, steps in enumerate(increments):
+        cumulative, running = [], 0.0
+        for step in [*steps[:-2], 0.0, 0.0]:  # flat tails are what gets compacted
+            running += step
+            cumulative.append(running)
+        window.add(float(when), cumulative, running, running)
+        expected = [a + b for a, b in zip(expected, cumulative, strict=True)]
+    counts, _, _ = window.totals()
+    assert counts == pytest.approx(expected)
