@@ -17,8 +17,10 @@ ignored, with a warning: Python's defaults are used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import os
 import ssl
 import threading
 from collections.abc import Mapping
@@ -65,7 +67,7 @@ class WebConfig:
         digest, never the password) so a scrape every 15 s does not pay bcrypt each time."""
         hashed = self.users.get(user)
         if hashed is None:
-            bcrypt.checkpw(b"x", _DUMMY)  # same cost for unknown users: no user probing
+            bcrypt.checkpw(b"x", _dummy_hash())  # same cost for unknown users: no probing
             return False
         key = hmac.new(_SECRET, f"{user}\0{password}".encode(), hashlib.sha256).hexdigest()
         with self._lock:
@@ -80,8 +82,12 @@ class WebConfig:
         return ok
 
 
-_SECRET = hashlib.sha256(str(id(object())).encode() + __file__.encode()).digest()
-_DUMMY = bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=10))
+_SECRET = os.urandom(32)  # keys the cache of verified credentials; never leaves the process
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    return bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=10))
 
 
 def _fail(path: str, problem: str, fix: str) -> ConfigError:
