@@ -85,7 +85,8 @@ def test_the_required_alerts_exist():
             "HiwBackupRPOBreached", "HiwQueryLatencySLABreached", "HiwTargetDown",
             "HiwAgentDown", "HiwAgentAbsent", "HiwCollectorFailing",
             "HiwBackupMonitoringBlind", "HiwConnectionsHigh", "HiwIdleInTransactionLong",
-            "HiwLockWaitsPilingUp", "HiwXidWraparoundRisk"} <= names
+            "HiwLockWaitsPilingUp", "HiwXidWraparoundRisk", "HiwTableBloatHigh",
+            "HiwDeadTuplesNotVacuumed"} <= names
 
 
 def test_rules_reference_only_exported_metrics():
