@@ -166,6 +166,7 @@ class StatementsState:
     histogram_count: float = 0.0
     histogram_sum: float = 0.0
     last_member: dict[Key, float] = field(default_factory=dict)
+    extremes: dict[Key, tuple[float, float]] = field(default_factory=dict)  # (min, max) s
     last_reset: float | None = None
 
     def configure(self, buckets: Sequence[float], window: float) -> None:
@@ -449,6 +450,9 @@ def _latency_families(state: StatementsState, ctx: Context, by_key: Mapping[Key,
     accumulator = latency.GridAccumulator(grid)
     calls = total = 0.0
     slow = 0
+    previous = state.extremes
+    state.extremes = {key: (float(row["min"] or 0.0) / 1000.0, float(row["max"] or 0.0) / 1000.0)
+                      for key, row in by_key.items()}
     for key, delta in deltas.items():
         n = delta["calls"]
         if n <= 0:
@@ -457,13 +461,21 @@ def _latency_families(state: StatementsState, ctx: Context, by_key: Mapping[Key,
         if _excluded(row, state.texts.get(key), options):
             continue
         moments = latency.Moments(n, delta["total"] / 1000.0, delta["sumsq"] / 1e6)
-        mean, var = moments.mean_var()
+        mean, _ = moments.mean_var()
         if mean > options["slow_threshold"]:
             slow += 1
-        dist = latency.fit(mean, var, lo=float(row["min"] or 0.0) / 1000.0,
-                           hi=float(row["max"] or 0.0) / 1000.0,
-                           lifetime_calls=cumulative[key]["calls"])
-        accumulator.add(dist, n)
+        lo, hi = float(row["min"] or 0.0) / 1000.0, float(row["max"] or 0.0) / 1000.0
+        atoms = latency.known_calls(n, lo, hi, previous.get(key),
+                                    fresh=delta["calls"] >= cumulative[key]["calls"])
+        for atom in atoms:
+            accumulator.add(latency.PointMass(atom), 1.0)
+        rest = latency.Moments(n - len(atoms), moments.total - sum(atoms),
+                               moments.sumsq - sum(a * a for a in atoms))
+        if rest.calls > 0:
+            rest_mean, rest_var = rest.mean_var()
+            dist = latency.fit(max(rest_mean, 0.0), rest_var, lo=lo, hi=hi,
+                               lifetime_calls=cumulative[key]["calls"])
+            accumulator.add(dist, rest.calls)
         calls += n
         total += moments.total
     interval = accumulator.finish()

@@ -226,3 +226,20 @@ def test_deallocated_statement_series_ends_without_a_jump():
     assert "2" not in second
     assert second["1"] == first["1"] + 3
     assert second["other"] == first["other"]
+
+
+def test_a_new_maximum_is_placed_exactly_not_smeared():
+    """99 fast calls and one 500 ms outlier that set a new max: p95 stays at 1 ms."""
+    fake, state, opts = FakeStatements(), new_state(), options()
+    fake.call(1, 1.0, times=10)
+    run(state, fake, 0.0, opts)
+    fake.call(1, 1.0, times=99)
+    fake.call(1, 500.0)
+    families = run(state, fake, 60.0, opts)
+    quantiles = {s.labels["quantile"]: s.value for s in
+                 families["hiw_query_latency_seconds"].samples}
+    assert math.isclose(quantiles["0.95"], 0.001, rel_tol=0.03)
+    histogram = {s.labels.get("le"): s.value for s in families["hiw_query_duration_seconds"]
+                 .samples if s.name.endswith("_bucket")}
+    assert histogram["0.3"] == 99  # the outlier sits above 300 ms, alone
+    assert histogram["0.5"] == 100
