@@ -140,12 +140,16 @@ class Exposition:
         self._cache_version = -1
         self._valid_until = 0.0
         self._families: list[Metric] = []
+        self._wanted: set[tuple[bool, bool]] = {(False, False)}
         if prerender:
             # render once per update, in the collecting thread, so scrapes only copy bytes
             store.subscribe(self._prerender)
 
     def _prerender(self) -> None:
-        self.get()
+        # render what scrapers have asked for (Prometheus: OpenMetrics + gzip), so the
+        # first scrape after an update only copies bytes too
+        for openmetrics_format, gzipped in tuple(self._wanted):
+            self.get(openmetrics_format=openmetrics_format, gzipped=gzipped)
 
     def families(self) -> list[Metric]:
         """Every family to expose right now: fresh collector series plus self-metrics."""
@@ -165,6 +169,7 @@ class Exposition:
         return merge_families(out)
 
     def get(self, *, openmetrics_format: bool = False, gzipped: bool = False) -> Rendered:
+        self._wanted.add((openmetrics_format, gzipped))  # at most 4 combinations
         with self._lock:
             now = self.clock()
             if self.store.version != self._cache_version or now >= self._valid_until:

@@ -326,3 +326,24 @@ def test_text_output_has_no_timestamps():
         if line and not line.startswith("#"):
             # name{labels} value -- nothing after the value
             assert len(line.rsplit("} ", 1)[-1].split()) == 1
+
+
+def test_updates_prerender_the_formats_scrapers_ask_for(monkeypatch):
+    calls = []
+    real = exposition_module.render
+
+    def counting(families, *, openmetrics_format):
+        calls.append(openmetrics_format)
+        return real(families, openmetrics_format=openmetrics_format)
+
+    monkeypatch.setattr(exposition_module, "render", counting)
+    store = SnapshotStore()
+    store.register("t1", "dsn", "conn", 15, 45)
+    exposition = Exposition(store)
+    exposition.get(openmetrics_format=True, gzipped=True)  # what Prometheus asks for
+    calls.clear()
+    store.record_success("t1", "conn", families_for("t1"), 100.0, 0.1)
+    assert True in calls  # rendered in the collecting thread, on update
+    calls.clear()
+    exposition.get(openmetrics_format=True, gzipped=True)
+    assert calls == []  # the scrape itself renders nothing
