@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from types import FrameType
+from types import FrameType, MappingProxyType
 
 import structlog
 
@@ -175,7 +175,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         target = TargetConfig(name="heroes_in_waiting",
                               conninfo=cluster.dsn("heroes_in_waiting", user="hiw_monitor"),
                               password=password)
-        config = replace(base, targets=(target,), source="demo")
+        collectors = dict(base.collectors)
+        if base.source == "defaults":  # show latency within seconds, not after a minute
+            collectors["statements"] = replace(collectors["statements"], interval=10.0,
+                                               stale_after=30.0)
+        config = replace(base, targets=(target,), source="demo",
+                         collectors=MappingProxyType(collectors))
         log.info("demo_ready", postgres=f"{cluster.major} on 127.0.0.1:{cluster.port}",
                  database="heroes_in_waiting", monitor_role="hiw_monitor",
                  data_dir=str(cluster.base))
