@@ -140,7 +140,8 @@ class Exposition:
         self._cache_version = -1
         self._valid_until = 0.0
         self._families: list[Metric] = []
-        self._wanted: set[tuple[bool, bool]] = {(False, False)}
+        # plain text, and what Prometheus asks for (OpenMetrics + gzip), from the start
+        self._wanted: set[tuple[bool, bool]] = {(False, False), (True, True)}
         if prerender:
             # render once per update, in the collecting thread, so scrapes only copy bytes
             store.subscribe(self._prerender)
