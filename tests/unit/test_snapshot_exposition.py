@@ -219,7 +219,7 @@ def render_calls(monkeypatch):
 
 def test_cache_reused_until_store_changes(store, render_calls):
     clock = Clock(100.0)
-    expo = Exposition(store, clock)
+    expo = Exposition(store, clock, prerender=False)
     store.record_success("t1", "conn", families_for("t1", 1.0), 100.0, 0.1)
     first = expo.get()
     clock.now = 110.0
@@ -233,7 +233,7 @@ def test_cache_reused_until_store_changes(store, render_calls):
 
 def test_cache_rerenders_at_the_stale_deadline(store, render_calls):
     clock = Clock(100.0)
-    expo = Exposition(store, clock)
+    expo = Exposition(store, clock, prerender=False)
     store.record_success("t1", "conn", families_for("t1"), 100.0, 0.1)
     before = expo.get().body
     clock.now = 129.9
@@ -247,7 +247,7 @@ def test_cache_rerenders_at_the_stale_deadline(store, render_calls):
 
 
 def test_formats_and_gzip_are_cached_separately(store, render_calls):
-    expo = Exposition(store, Clock(100.0))
+    expo = Exposition(store, Clock(100.0), prerender=False)
     store.record_success("t1", "conn", families_for("t1"), 100.0, 0.1)
     plain = expo.get()
     zipped = expo.get(gzipped=True)
