@@ -192,15 +192,6 @@ class Target:
             with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as duplicate:
                 duplicate.shutdown(socket.SHUT_RDWR)
 
-    def check(self) -> bool:
-        """Connect if needed (honouring backoff); True when the target is reachable."""
-        with self.lock:
-            try:
-                self._ensure_connected()
-            except TargetUnavailable:
-                return False
-            return True
-
     def cancel(self) -> None:
         """Cancel the query in flight, if any (used at shutdown); safe from any thread."""
         with self._state_lock:

@@ -8,7 +8,7 @@ hands the rows and a :class:`Context` to ``transform``.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -167,7 +167,3 @@ def number(value: Any) -> float:
 def families_series(families: Iterable[Metric]) -> int:
     return sum(len(family.samples) for family in families)
 
-
-def iter_names(families: Iterable[Metric]) -> Iterator[str]:
-    for family in families:
-        yield family.name
