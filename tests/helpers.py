@@ -53,6 +53,15 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def value(sample, name: str, **labels: str) -> float:
+    """The value of one series in a collector run's families (AssertionError if absent)."""
+    for family in sample.families:
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    raise AssertionError(f"no sample {name}{labels} in {[f.name for f in sample.families]}")
+
+
 def wait_for(check: Callable[[], bool], timeout: float = 30, every: float = 0.2,
              what: str = "condition") -> None:
     deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from helpers import value
 
 from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import BY_NAME
@@ -25,13 +26,6 @@ def collect(server, collector: str):
     target.close()
     return sample
 
-
-def value(sample, name: str, **labels: str) -> float:
-    for family in sample.families:
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    raise AssertionError(f"no sample {name}{labels} in {[f.name for f in sample.families]}")
 
 
 def test_connections_counts_and_limits(pg):

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import Server
-from helpers import wait_for
+from helpers import value, wait_for
 
 from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import BY_NAME
@@ -100,13 +100,6 @@ def series(sample, name: str) -> dict[tuple[str, ...], float]:
                 out[tuple(v for k, v in s.labels.items() if k != "target")] = s.value
     return out
 
-
-def value(sample, name: str, **labels: str) -> float:
-    for family in sample.families:
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    raise AssertionError(f"no sample {name}{labels}")
 
 
 def ok(sample):
