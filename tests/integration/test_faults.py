@@ -39,8 +39,8 @@ def test_database_unreachable_at_start_then_appears(tmp_path, version):
     try:
         dsn = cluster.dsn(HIW_DB, user="hiw_monitor", password=MONITOR_PASSWORD)
         with running_agent(fast_config(tmp_path, dsn)) as run:
-            wait_for(lambda: run.value("hiw_collector_errors_total", collector="database")
-                     or 0 >= 2, what="failed attempts")
+            wait_for(lambda: (run.value("hiw_collector_errors_total", collector="database")
+                              or 0) >= 2, what="failed attempts")
             text = run.metrics()
             assert sample(text, "hiw_up", target="db") == 0
             assert sample(text, "hiw_collector_last_error_info", collector="database",
@@ -63,8 +63,8 @@ def test_wrong_password_is_reported_without_the_password(pg, tmp_path):
     secret = "Wr0ng-Pa55word-xyzzy"
     dsn = pg.cluster.dsn(HIW_DB, user="hiw_monitor", password=secret)
     with structlog.testing.capture_logs() as logs, running_agent(fast_config(tmp_path, dsn)) as run:
-        wait_for(lambda: run.value("hiw_collector_errors_total", collector="connections")
-                 or 0 >= 1, what="a failed run")
+        wait_for(lambda: (run.value("hiw_collector_errors_total", collector="connections")
+                          or 0) >= 1, what="a failed run")
         text = run.metrics()
         page = http_get(run.url + "/").text
     assert sample(text, "hiw_up", target="db") == 0
