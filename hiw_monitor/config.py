@@ -180,7 +180,7 @@ class _Walk:
                     isinstance(v, int | float) and not isinstance(v, bool) for v in result):
                 self.fail(path, "expected a list of numbers", "write numbers like [0.1, 0.25]")
                 return None
-            return None if result is None else tuple(float(v) for v in result)
+            result = None if result is None else tuple(float(v) for v in result)
         else:
             result = self.typed(value, path, list, "a list of strings")
             if result is not None and not all(isinstance(v, str) for v in result):

@@ -35,6 +35,14 @@ class CounterTracker(Generic[K]):
         self._prev: dict[K, tuple[float, ...]] = {}
         self._since: dict[K, object] = {}
         self.has_baseline = False
+        self.restarts = 0  # keys seen starting again (counters down or a new ``since``)
+
+    def forget(self) -> None:
+        """Drop every previous row: the next update only sets a new baseline (the server
+        behind the counters changed)."""
+        self._prev = {}
+        self._since = {}
+        self.has_baseline = False
 
     def __len__(self) -> int:
         return len(self._prev)
@@ -78,6 +86,7 @@ class CounterTracker(Generic[K]):
                 delta = dict(zip(self._fields, values, strict=True))
             elif restarted or any(values[i] < previous[i] for i in self._reset_index()):
                 delta = dict(zip(self._fields, values, strict=True))
+                self.restarts += not full_reset
             elif previous == values:
                 continue  # no change, no output
             else:

@@ -36,6 +36,7 @@ from psycopg import sql
 
 from hiw_monitor.analysis import latency
 from hiw_monitor.analysis.deltas import CounterTracker
+from hiw_monitor.analysis.topn import Membership
 from hiw_monitor.collectors.base import Collector, Context, Option, Rows, counter, gauge
 from hiw_monitor.errors import Reason, ReasonedError
 
@@ -43,6 +44,7 @@ Key = tuple[int, int, int]  # (dbid, userid, queryid)
 OTHER = "other"
 FORGET_AFTER = 3600.0  # seconds a vanished statement's sums are kept in case it returns
 QUANTILES = (0.5, 0.95, 0.99)
+GRID_LO, GRID_HI = 1e-6, 1e3  # seconds: the latency grid, from primary-key lookups up
 DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.09, 0.1, 0.11, 0.125,
                    0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -105,14 +107,20 @@ def _valid_regexes(patterns: Sequence[str]) -> str | None:
 def _valid_buckets(buckets: Sequence[float]) -> str | None:
     if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
         return "buckets must be positive, strictly increasing seconds"
-    if buckets[-1] > 1000:
-        return "buckets above 1000 s are not supported"
+    if buckets[0] < GRID_LO:
+        return (f"buckets below {GRID_LO:g} s (1 us, the resolution of the latency grid) are "
+                f"not supported; the smallest given is {buckets[0]:g} s")
+    if buckets[-1] > GRID_HI:
+        return f"buckets above {GRID_HI:g} s are not supported"
     return None
 
 
 OPTIONS = {
     "top_n": Option("int", 100, "statements exported one by one; the rest sum to 'other'",
                     minimum=1, maximum=10000),
+    "top_n_hold": Option("duration", 600.0, "a top-N member without calls for this long "
+                         "leaves (its sums are kept for an hour in case it returns)",
+                         minimum=0.0),
     "buckets": Option("float_list", DEFAULT_BUCKETS,
                       "upper bounds (seconds) of hiw_query_duration_seconds",
                       check=_valid_buckets),
@@ -124,6 +132,10 @@ OPTIONS = {
     "slow_threshold": Option("duration", 0.1, "interval mean above which a statement is slow",
                              minimum=0.0001),
     "sla_exclude_self": Option("bool", True, "leave the agent's own queries out of the SLA"),
+    "sla_include_utility": Option(
+        "bool", False, "count utility statements (BEGIN, COMMIT, SET, SHOW, DDL, ...) in the "
+        "SLA latency; off: only the application's queries (each statement's text is "
+        "classified once, never exported or logged)"),
     "sla_exclude_roles": Option("str_list", (), "roles whose statements the SLA ignores"),
     "sla_exclude_queries": Option(
         "str_list", (), "regular expressions (case-insensitive) on the normalized query text; "
@@ -150,15 +162,23 @@ class Plan:
     track_io_timing: bool
 
 
+# what a statement's text says about it, learned once per statement (bit flags)
+RESET_REASONS = ("server_changed", "reset_during_read", "stats_reset", "entry_reset")
+EXCLUSION_REASONS = ("self", "role", "utility", "pattern")
+UTILITY = 1  # transaction control, SET/SHOW, DDL, maintenance: not an application query
+PATTERN = 2  # matches one of sla_exclude_queries
+
+
 @dataclass
 class StatementsState:
     tracker: CounterTracker[Key] = field(
         default_factory=lambda: CounterTracker(reset_fields=("calls", "total")))
     totals: dict[Key, dict[str, float]] = field(default_factory=dict)
     other: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_DELTA_FIELDS, 0.0))
-    members: list[Key] = field(default_factory=list)
+    membership: Membership[Key] = field(default_factory=lambda: Membership(n=100, hold=600.0))
     labels: dict[Key, tuple[str, str]] = field(default_factory=dict)  # (datname, user)
-    texts: dict[Key, str | None] = field(default_factory=dict)  # normalized text, if fetched
+    texts: dict[Key, str] = field(default_factory=dict)  # normalized text (query_text only)
+    kinds: dict[Key, int] = field(default_factory=dict)  # UTILITY | PATTERN, per statement
     grid: tuple[float, ...] = ()
     bucket_index: tuple[int, ...] = ()
     window: latency.RollingWindow | None = None
@@ -167,13 +187,18 @@ class StatementsState:
     histogram_sum: float = 0.0
     last_member: dict[Key, float] = field(default_factory=dict)
     extremes: dict[Key, tuple[float, float]] = field(default_factory=dict)  # (min, max) s
-    last_reset: float | None = None
+    server: tuple[Any, ...] | None = None  # (system identifier, timeline, postmaster start)
+    last_reset: float | None = None  # pg_stat_statements_info.stats_reset (14+)
+    baselines: dict[str, float] = field(default_factory=dict)  # reason -> new baselines
+    excluded: dict[str, float] = field(default_factory=dict)  # reason -> calls left out
 
-    def configure(self, buckets: Sequence[float], window: float) -> None:
+    def configure(self, options: Mapping[str, Any]) -> None:
+        buckets, window = options["buckets"], options["window"]
+        self.membership.n, self.membership.hold = options["top_n"], options["top_n_hold"]
         if self.grid and self.window is not None and self.window.seconds == window and \
                 tuple(self.grid[i] for i in self.bucket_index) == tuple(buckets):
             return
-        self.grid = latency.log_grid(lo=1e-6, extra=buckets)  # from 1 us: primary-key lookups
+        self.grid = latency.log_grid(lo=GRID_LO, hi=GRID_HI, extra=buckets)
         self.bucket_index = tuple(self.grid.index(b) for b in buckets)
         self.window = latency.RollingWindow(window, len(self.grid))
         self.histogram = [0.0] * len(buckets)
@@ -248,10 +273,42 @@ def _plan(cur: Any, ctx: Context) -> Plan:
                 extra["io"] == "on")
 
 
+# Which server the rows come from: a failover, switchover or restore changes one of them.
+# (pg_control_* may be revoked: then the other markers still work.)
+_SERVER_MARKERS = """
+    SELECT CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()',
+                                                        'EXECUTE')
+                THEN (SELECT system_identifier FROM pg_catalog.pg_control_system()) END
+               AS system_identifier,
+           CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_checkpoint()',
+                                                        'EXECUTE')
+                THEN (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()) END
+               AS timeline,
+           extract(epoch FROM pg_catalog.pg_postmaster_start_time())::float8 AS started"""
+
+
+def _reset_marker(cur: Any, plan: Plan) -> dict[str, Any]:
+    if not plan.has_info:
+        return {}
+    cur.execute(sql.SQL("""
+        SELECT dealloc, extract(epoch FROM stats_reset)::float8 AS stats_reset
+        FROM {}.pg_stat_statements_info""").format(sql.Identifier(plan.schema)))
+    return dict(cur.fetchone())
+
+
 def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
-    """Discover, then read counters (no text), settings, and text only for new members."""
+    """Discover, then read counters (no text), settings, and text only for statements
+    not classified yet.
+
+    The server's identity and pg_stat_statements' reset time are read before the rows and
+    the reset time again after them: a reset that lands between the two reads makes this
+    poll a new baseline instead of counting every statement's lifetime again.
+    """
     plan = _plan(cur, ctx)
     state: StatementsState = ctx.state
+    cur.execute(_SERVER_MARKERS)
+    summary = dict(cur.fetchone())
+    before = _reset_marker(cur, plan)
     selected = [sql.SQL("s.{} AS {}").format(sql.Identifier(column), sql.Identifier(logical))
                 for logical, column in plan.columns.items() if logical != "toplevel"]
     where = sql.SQL("WHERE s.queryid IS NOT NULL")
@@ -271,20 +328,15 @@ def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
         SELECT current_setting('pg_stat_statements.max')::int AS max,
                (SELECT count(*) FROM {schema}.pg_stat_statements(false)) AS tracked""").format(
         schema=sql.Identifier(plan.schema)))
-    summary = dict(cur.fetchone())
-    if plan.has_info:
-        cur.execute(sql.SQL("""
-            SELECT dealloc, extract(epoch FROM stats_reset)::float8 AS stats_reset
-            FROM {}.pg_stat_statements_info""").format(sql.Identifier(plan.schema)))
-        summary.update(cur.fetchone())
+    summary.update(cur.fetchone())
+    summary.update(_reset_marker(cur, plan))
+    summary["stats_reset_before"] = before.get("stats_reset")
     summary["track_planning"] = plan.track_planning
     summary["track_io_timing"] = plan.track_io_timing
     texts: Rows = []
-    options = ctx.options
-    if options["query_text"] or options["sla_exclude_queries"]:
-        known = state.texts
-        wanted = [row["queryid"] for row in rows
-                  if (row["dbid"], row["userid"], row["queryid"]) not in known]
+    if _needs_text(ctx.options):
+        wanted = sorted({row["queryid"] for row in rows
+                         if (row["dbid"], row["userid"], row["queryid"]) not in state.kinds})
         if wanted:
             cur.execute(sql.SQL("""
                 SELECT dbid, userid, queryid, query FROM {}.pg_stat_statements(true)
@@ -293,7 +345,16 @@ def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
     return {"statements": rows, "summary": [summary], "texts": texts}
 
 
+def _needs_text(options: Mapping[str, Any]) -> bool:
+    return bool(options["query_text"] or options["sla_exclude_queries"]
+                or not options["sla_include_utility"])
+
+
 # --- pure parts -----------------------------------------------------------------------------
+
+def is_utility(text: str | None) -> bool:  # placeholder until analysis/querytext lands
+    return bool(text) and not _UTILITY_FREE.match(_COMMENTS.sub(" ", text or ""))
+
 
 _UTILITY_FREE = re.compile(r"^\s*(select|insert|update|delete|merge|with|values|table)\b", re.I)
 _COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.S)
@@ -322,26 +383,6 @@ def safe_text(text: str | None, length: int) -> str | None:
     return stripped if len(stripped) <= length else stripped[: length - 1] + "…"
 
 
-def select_members(ranked: Sequence[Key], previous: Sequence[Key], n: int) -> list[Key]:
-    """Top ``n`` of ``ranked`` with hysteresis: a previous member stays while in the top 2n.
-
-    >>> select_members(["a", "b", "c", "d"], previous=["d"], n=2)
-    ['d', 'a']
-    >>> select_members(["a", "b", "c", "d", "e"], previous=["e"], n=2)
-    ['a', 'b']
-    """
-    keep_zone = set(ranked[: 2 * n])
-    members = [key for key in previous if key in keep_zone][:n]
-    chosen = set(members)
-    for key in ranked[:n]:
-        if len(members) >= n:
-            break
-        if key not in chosen:
-            members.append(key)
-            chosen.add(key)
-    return members
-
-
 def _cumulative(row: Mapping[str, Any]) -> dict[str, float]:
     values = {f: float(row[f] or 0.0) for f in _DELTA_FIELDS if f != "sumsq" and f in row}
     # sum of squares (ms^2) implied by the population stddev: additive, so it has deltas
@@ -350,40 +391,112 @@ def _cumulative(row: Mapping[str, Any]) -> dict[str, float]:
     return values
 
 
-def _excluded(row: Mapping[str, Any], text: str | None, options: Mapping[str, Any]) -> bool:
-    if options["sla_exclude_self"] and row["is_self"]:
-        return True
-    if row["rolname"] in options["sla_exclude_roles"]:
-        return True
+def _classify(state: StatementsState, texts: Rows, options: Mapping[str, Any]) -> None:
+    """Learn each new statement's kind from its text once; keep the text only when it
+    may be exported (``query_text``)."""
     patterns = options["sla_exclude_queries"]
-    return bool(text and any(re.search(p, text, re.I) for p in patterns))
+    for row in texts:
+        key = (row["dbid"], row["userid"], row["queryid"])
+        text = row["query"]
+        kind = UTILITY if is_utility(text) else 0
+        if text and any(re.search(p, text, re.I) for p in patterns):
+            kind |= PATTERN
+        state.kinds[key] = kind
+        if options["query_text"] and text:
+            state.texts[key] = text
+
+
+def _exclusion(row: Mapping[str, Any], kind: int, options: Mapping[str, Any]) -> str | None:
+    """Why a statement's calls stay out of the SLA latency, or None."""
+    if options["sla_exclude_self"] and row["is_self"]:
+        return "self"
+    if row["rolname"] in options["sla_exclude_roles"]:
+        return "role"
+    if kind & UTILITY and not options["sla_include_utility"]:
+        return "utility"
+    if kind & PATTERN:
+        return "pattern"
+    return None
+
+
+def _new_baseline(state: StatementsState, summary: Mapping[str, Any]) -> str | None:
+    """Why every counter must be read as a new baseline this poll, or None.
+
+    A different server behind the target (failover, switchover, restore: another system
+    identifier, timeline or postmaster start) has other counters, not larger ones; a
+    reset between the reads of the reset marker and of the rows leaves some rows from
+    before it. Either way, no interval can be computed from this poll.
+    """
+    server = (summary.get("system_identifier"), summary.get("timeline"), summary.get("started"))
+    previous, state.server = state.server, server
+    if previous is not None and previous != server:
+        return "server_changed"
+    after = summary.get("stats_reset")
+    before = summary.get("stats_reset_before", after)
+    if before != after:
+        return "reset_during_read"
+    return None
+
+
+def _entry_restarted(row: Mapping[str, Any], delta: Mapping[str, float],
+                     previous: tuple[float, float] | None) -> bool:
+    """True when a statement's increments cannot be calls of one continuing entry: it was
+    reset on its own (``pg_stat_statements_reset(userid, dbid, queryid)``) or evicted and
+    created again, so its counters started over inside the interval.
+
+    A min that rose or a max that fell is impossible for a continuing entry, and so are
+    interval moments that no set of calls within [min, max] can have.
+    """
+    lo, hi = float(row["min"] or 0.0), float(row["max"] or 0.0)
+    if previous is not None and (lo > previous[0] * 1000.0 * (1 + 1e-9) or
+                                 hi < previous[1] * 1000.0 * (1 - 1e-9)):
+        return True
+    calls, total, sumsq = delta["calls"], delta["total"], delta["sumsq"]
+    if calls <= 0:
+        return False
+    slack = 1e-6 * max(abs(total), 1.0)
+    if total < calls * lo - slack or total > calls * hi + slack:
+        return True
+    # sum of squares below total^2 / calls is a negative variance (beyond rounding)
+    return sumsq < total * total / calls * (1.0 - 1e-6) - slack
 
 
 def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     state: StatementsState = ctx.state
     options = ctx.options
-    t = ctx.target
+    target = ctx.target
     summary = rows["summary"][0]
-    state.configure(options["buckets"], options["window"])
-    for text_row in rows["texts"]:
-        state.texts[(text_row["dbid"], text_row["userid"], text_row["queryid"])] = \
-            text_row["query"]
+    state.configure(options)
+    _classify(state, rows["texts"], options)
 
     by_key = {(r["dbid"], r["userid"], r["queryid"]): r for r in rows["statements"]}
     cumulative = {key: _cumulative(row) for key, row in by_key.items()}
     since = {key: row["stats_since"] for key, row in by_key.items() if "stats_since" in row}
+    reason = _new_baseline(state, summary)
     reset_at = summary.get("stats_reset")
-    full_reset = state.last_reset is not None and reset_at is not None and \
-        reset_at != state.last_reset
+    if reason is None and state.last_reset is not None and reset_at is not None and \
+            reset_at != state.last_reset:
+        reason = "stats_reset" if state.tracker.has_baseline else None
     state.last_reset = reset_at
-    deltas = state.tracker.update(cumulative, full_reset=full_reset, since=since)
+    if reason in ("server_changed", "reset_during_read"):
+        state.tracker.forget()
+    had_baseline = state.tracker.has_baseline
+    restarts = state.tracker.restarts
+    deltas = state.tracker.update(cumulative, full_reset=reason == "stats_reset", since=since)
+    restarts = state.tracker.restarts - restarts
+    for key, delta in deltas.items():
+        if delta["calls"] < cumulative[key]["calls"] and \
+                _entry_restarted(by_key[key], delta, state.extremes.get(key)):
+            deltas[key] = dict(cumulative[key])
+            restarts += 1
+    if reason is not None:
+        state.baselines[reason] = state.baselines.get(reason, 0.0) + 1
+    state.baselines["entry_reset"] = state.baselines.get("entry_reset", 0.0) + restarts
 
-    # top N by execution time in the interval (then lifetime time, then key) with hysteresis
-    ranked = sorted(by_key, key=lambda k: (-deltas.get(k, {}).get("total", 0.0),
-                                           -cumulative[k]["total"], k))
-    state.members = select_members(ranked, [m for m in state.members if m in by_key],
-                                   options["top_n"])
-    members = set(state.members)
+    promoted = state.membership.update(
+        {key: delta["total"] for key, delta in deltas.items()}, by_key, ctx.now,
+        lifetime=None if had_baseline else {k: v["total"] for k, v in cumulative.items()})
+    members = state.membership.members
     # A statement that leaves the top N (or pg_stat_statements) stops being exported, but
     # its sums are kept for an hour: if it comes back, its counter continues upward. After
     # that its series has long been stale in Prometheus, and a new one may start at 0.
@@ -394,11 +507,15 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
             del state.last_member[key]
             state.totals.pop(key, None)
             state.labels.pop(key, None)
-    for key in [k for k in state.texts if k not in by_key]:
-        del state.texts[key]
+    for cache in (state.texts, state.kinds):
+        for key in [k for k in cache if k not in by_key]:
+            del cache[key]
+    # The poll that promotes a statement counts its interval under "other" and starts its
+    # series where it stood (0 when new): rate() and increase() then see every later
+    # interval, and the sum over all series stays the server's total.
+    continuing = set(members) - promoted
     for key, delta in deltas.items():
-        into = state.totals.setdefault(key, dict.fromkeys(_DELTA_FIELDS, 0.0)) \
-            if key in members else state.other
+        into = state.totals[key] if key in continuing else state.other
         for name, value in delta.items():
             into[name] = into.get(name, 0.0) + value
     for key in members:
@@ -409,9 +526,9 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
         state.labels[key] = (row["datname"] or f"(dropped database {key[0]})",
                              row["rolname"] or f"(dropped role {key[1]})")
 
-    yield from _statement_families(state, t, summary, options)
+    yield from _statement_families(state, target, summary, options)
     yield from _latency_families(state, ctx, by_key, deltas, cumulative)
-    yield from _summary_families(summary, len(by_key), t)
+    yield from _summary_families(state, summary, target)
 
 
 def _statement_families(state: StatementsState, t: str, summary: Mapping[str, Any],
@@ -424,7 +541,7 @@ def _statement_families(state: StatementsState, t: str, summary: Mapping[str, An
             continue
         family = counter(metric, doc + " Top N statements; the rest under queryid='other'.",
                          labels)
-        for key in state.members:
+        for key in state.membership.members:
             datname, user = state.labels[key]
             family.add_metric([t, datname, user, str(key[2])],
                               state.totals[key].get(name, 0.0) * scale)
@@ -434,7 +551,7 @@ def _statement_families(state: StatementsState, t: str, summary: Mapping[str, An
         info = gauge("hiw_statement_query_info",
                      "Normalized query text of a top-N statement (opt-in; never utility "
                      "statements, literals or comments).", [*labels, "query"])
-        for key in state.members:
+        for key in state.membership.members:
             text = safe_text(state.texts.get(key), options["query_text_length"])
             if text:
                 datname, user = state.labels[key]
@@ -458,7 +575,9 @@ def _latency_families(state: StatementsState, ctx: Context, by_key: Mapping[Key,
         if n <= 0:
             continue
         row = by_key[key]
-        if _excluded(row, state.texts.get(key), options):
+        why = _exclusion(row, state.kinds.get(key, 0), options)
+        if why is not None:
+            state.excluded[why] = state.excluded.get(why, 0.0) + n
             continue
         moments = latency.Moments(n, delta["total"] / 1000.0, delta["sumsq"] / 1e6)
         mean, _ = moments.mean_var()
@@ -487,7 +606,9 @@ def _latency_families(state: StatementsState, ctx: Context, by_key: Mapping[Key,
     state.histogram_count += calls
     state.histogram_sum += total
 
-    buckets = [(_le(grid[index]), state.histogram[j]) for j, index in
+    # OpenMetrics wants whole bucket counts: the estimate's fractions are rounded (the
+    # cumulative float only grows, so the rounded buckets stay monotone in time and le)
+    buckets = [(_le(grid[index]), float(math.floor(state.histogram[j] + 0.5))) for j, index in
                enumerate(state.bucket_index)]
     buckets.append(("+Inf", state.histogram_count))
     histogram = HistogramMetricFamily(
@@ -536,7 +657,8 @@ def _le(bound: float) -> str:
     return f"{bound:g}"
 
 
-def _summary_families(summary: Mapping[str, Any], toplevel: int, t: str) -> Iterator[Metric]:
+def _summary_families(state: StatementsState, summary: Mapping[str, Any], t: str
+                      ) -> Iterator[Metric]:
     tracked = gauge("hiw_statements_tracked",
                     "Entries in pg_stat_statements (all levels, all databases).")
     tracked.add_metric([t], float(summary["tracked"]))
@@ -554,6 +676,22 @@ def _summary_families(summary: Mapping[str, Any], toplevel: int, t: str) -> Iter
                       "When pg_stat_statements was last reset (14+).")
         reset.add_metric([t], float(summary["stats_reset"]))
         yield from (dealloc, reset)
+    resets = counter("hiw_statements_resets_detected",
+                     "Resets the agent detected and kept out of the counters and latency: "
+                     "server_changed (failover, switchover, restore: new baseline), "
+                     "reset_during_read (new baseline), stats_reset (pg_stat_statements_reset"
+                     "()), entry_reset (one statement reset or evicted and re-created).",
+                     ["reason"])
+    for reason in RESET_REASONS:
+        resets.add_metric([t, reason], state.baselines.get(reason, 0.0))
+    excluded = counter("hiw_sla_excluded_calls",
+                       "Calls left out of the SLA latency (histogram, quantiles, _met) but "
+                       "counted in their statement's counters: self (the agent), role "
+                       "(sla_exclude_roles), utility (BEGIN, SET, DDL, ...), pattern "
+                       "(sla_exclude_queries).", ["reason"])
+    for reason in EXCLUSION_REASONS:
+        excluded.add_metric([t, reason], state.excluded.get(reason, 0.0))
+    yield from (resets, excluded)
 
 
 COLLECTOR = Collector(

@@ -90,9 +90,15 @@ def test_constant_latency_workload_gives_its_latency_and_exact_counts(pg):
     window = values(families, "hiw_query_latency_window_calls", "target")["db"]
     assert window == processed
     quantiles = values(families, "hiw_query_latency_seconds", "quantile")
-    # pg_sleep(0.02) takes 20 ms plus scheduling noise: the estimate must sit there
+    # pg_sleep(0.02) takes 20 ms plus scheduling noise (more on a loaded machine): the
+    # estimate must sit inside what the server saw, the median near the server's mean
+    with pg.admin() as admin:
+        lo, hi, mean = admin.execute(
+            "SELECT min_exec_time, max_exec_time, mean_exec_time FROM pg_stat_statements "
+            "WHERE query LIKE 'SELECT pg_sleep%'").fetchone()
     for q in ("0.5", "0.95", "0.99"):
-        assert 0.0195 <= quantiles[q] <= 0.030, quantiles
+        assert 0.0195 <= lo / 1000 * 0.99 <= quantiles[q] <= hi / 1000 * 1.01, quantiles
+    assert abs(quantiles["0.5"] - mean / 1000) <= 0.1 * mean / 1000, (quantiles, mean)
     assert values(families, "hiw_sla_query_latency_met", "target")["db"] == 1
     assert values(families, "hiw_slow_statements", "target")["db"] == 0
 

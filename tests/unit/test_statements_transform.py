@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from types import MappingProxyType
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,6 @@ from hiw_monitor.collectors.statements import (
     OPTIONS,
     new_state,
     safe_text,
-    select_members,
     transform,
 )
 
@@ -90,8 +90,14 @@ def test_totals_are_exact_with_top_n_and_other():
     assert "5" in calls  # the busiest of the interval is always in
     assert "other" in calls
     assert sum(calls.values()) == sum(q * 10 for q in range(1, 6))  # exact
-    members = [q for q in calls if q != "other"]
-    assert calls["other"] == sum(q * 10 for q in range(1, 6) if str(q) not in members)
+    # promoted in this poll: their series start at 0, the interval is counted in "other"
+    assert calls["5"] == calls["4"] == 0
+    for qid in range(1, 6):
+        fake.call(qid, float(qid), times=qid * 10)
+    calls = by_queryid(run(state, fake, 120.0, opts), "hiw_statement_calls")
+    assert calls["5"] == 50
+    assert calls["4"] == 40
+    assert calls["other"] == 150 + 30 + 20 + 10
 
 
 @settings(max_examples=40, deadline=None)
@@ -117,6 +123,8 @@ def test_exported_counters_never_decrease_and_sum_exactly(polls, resets, top_n):
         current = by_queryid(families, "hiw_statement_calls")
         for qid, value in current.items():
             assert value >= last.get(qid, 0.0)  # no negative jump, ever
+            if qid not in last:  # a new series starts at 0: increase() sees all it counts
+                assert value == 0.0
         last.update(current)
         assert len(current) <= top_n + 1
     # every call after the baseline lands in exactly one series, none twice
@@ -206,12 +214,6 @@ def test_safe_text_refuses_literals_comments_and_utility():
     assert len(safe_text("SELECT " + "x, " * 500 + "y", 64)) == 64
 
 
-def test_hysteresis_keeps_members_until_rank_two_n():
-    assert select_members(list("abcdef"), previous=["c", "d"], n=2) == ["c", "d"]
-    assert select_members(list("abcdef"), previous=["e"], n=2) == ["a", "b"]
-    assert select_members(list("ab"), previous=[], n=5) == ["a", "b"]
-
-
 def test_deallocated_statement_series_ends_without_a_jump():
     fake, state, opts = FakeStatements(), new_state(), options(top_n=5)
     fake.call(1, 1.0)
@@ -243,3 +245,208 @@ def test_a_new_maximum_is_placed_exactly_not_smeared():
                  .samples if s.name.endswith("_bucket")}
     assert histogram["0.3"] == 99  # the outlier sits above 300 ms, alone
     assert histogram["0.5"] == 100
+
+
+def quantiles_of(families):
+    return {s.labels["quantile"]: s.value for s in families["hiw_query_latency_seconds"].samples}
+
+
+def gauge_value(families, name):
+    return families[name].samples[0].value
+
+
+def counter_by(families, name, label):
+    return {s.labels[label]: s.value for s in families[name].samples
+            if s.name == f"{name}_total"}
+
+
+UTILITY_TEXTS = [
+    {"dbid": 1, "userid": 10, "queryid": 1, "query": "SELECT * FROM lessons WHERE id = $1"},
+    {"dbid": 1, "userid": 10, "queryid": 2, "query": "SELECT * FROM progress WHERE s = $1"},
+    {"dbid": 1, "userid": 10, "queryid": 3, "query": "BEGIN"},
+    {"dbid": 1, "userid": 10, "queryid": 4, "query": "COMMIT"},
+]
+
+
+def transaction_workload(fake: FakeStatements) -> None:
+    """900 queries at 5 ms, 100 at 200 ms, each pair in BEGIN ... COMMIT (ORM style)."""
+    fake.call(1, 5.0, times=900)
+    fake.call(2, 200.0, times=100)
+    fake.call(3, 0.002, times=1000)
+    fake.call(4, 0.004, times=1000)
+
+
+def test_utility_statements_stay_out_of_the_sla_by_default():
+    fake, state, opts = FakeStatements(), new_state(), options()
+    for qid in (1, 2, 3, 4):
+        fake.call(qid, 1.0)
+    run(state, fake, 0.0, opts, texts=UTILITY_TEXTS)  # baseline; texts read once
+    transaction_workload(fake)
+    families = run(state, fake, 60.0, opts)  # no texts: the kinds were learned once
+    assert quantiles_of(families)["0.95"] >= 0.19  # true p95 is 200 ms
+    assert gauge_value(families, "hiw_sla_query_latency_met") == 0
+    assert gauge_value(families, "hiw_query_latency_window_calls") == 1000
+    assert counter_by(families, "hiw_sla_excluded_calls", "reason")["utility"] == 2000
+    # the per-statement counters still count BEGIN and COMMIT
+    assert sum(by_queryid(families, "hiw_statement_calls").values()) == 3000
+    assert state.texts == {}  # no text kept without query_text
+
+
+def test_utility_statements_can_be_included():
+    fake, state, opts = FakeStatements(), new_state(), options(sla_include_utility=True)
+    for qid in (1, 2, 3, 4):
+        fake.call(qid, 1.0)
+    run(state, fake, 0.0, opts, texts=UTILITY_TEXTS)
+    transaction_workload(fake)
+    families = run(state, fake, 60.0, opts)
+    assert gauge_value(families, "hiw_query_latency_window_calls") == 3000
+    assert quantiles_of(families)["0.95"] < 0.01  # what the SLA read before the fix
+
+
+def test_a_statement_that_becomes_the_heaviest_gets_its_series_within_two_polls():
+    fake, state, opts = FakeStatements(), new_state(), options(top_n=2)
+    for qid in (1, 2, 3):
+        fake.call(qid, 1.0)
+    run(state, fake, 0.0, opts)
+    last: dict[str, float] = {}  # each series' latest value, as Prometheus keeps it
+    for poll in range(1, 4):  # 1 and 2 are the workload; 3 is idle
+        fake.call(1, 10.0, times=100)
+        fake.call(2, 10.0, times=90)
+        last.update(by_queryid(run(state, fake, 60.0 * poll, opts), "hiw_statement_calls"))
+    exported = []
+    for poll in range(4, 7):  # a deploy: 3 is now the heaviest (not dominant), 3 statements
+        fake.call(1, 10.0, times=100)
+        fake.call(2, 10.0, times=90)
+        fake.call(3, 10.0, times=150)
+        exported.append(by_queryid(run(state, fake, 60.0 * poll, opts), "hiw_statement_calls"))
+    assert exported[1]["3"] == 0  # its series exists by the second poll, starting at 0
+    assert exported[2]["3"] == 150  # and rate() sees every interval after the promotion
+    assert set(exported[2]) == {"1", "3", "other"}  # the lightest member made room
+    for values in exported:
+        last.update(values)
+    total = sum(last.values())
+    assert total == 6 * 100 + 6 * 90 + 3 * 150  # every call after the baseline, once
+
+
+def test_a_close_challenger_enters_on_its_second_poll_in_the_top_n():
+    fake, state, opts = FakeStatements(), new_state(), options(top_n=1)
+    fake.call(1, 1.0)
+    fake.call(2, 1.0)
+    run(state, fake, 0.0, opts)
+    fake.call(1, 10.0, times=100)
+    run(state, fake, 60.0, opts)
+    fake.call(2, 10.0, times=110)  # heavier, but not dominant: once is not enough
+    fake.call(1, 10.0, times=100)
+    assert "2" not in by_queryid(run(state, fake, 120.0, opts), "hiw_statement_calls")
+    fake.call(2, 10.0, times=110)
+    fake.call(1, 10.0, times=100)
+    assert "2" in by_queryid(run(state, fake, 180.0, opts), "hiw_statement_calls")
+
+
+def test_statements_trading_places_at_the_edge_do_not_flap():
+    fake, state, opts = FakeStatements(), new_state(), options(top_n=2)
+    for qid in (1, 2, 3):
+        fake.call(qid, 1.0)
+    run(state, fake, 0.0, opts)
+    exported = []
+    for poll in range(1, 13):
+        fake.call(1, 10.0, times=1000)
+        heavier, lighter = (2, 3) if poll % 2 else (3, 2)
+        fake.call(heavier, 10.0, times=110)
+        fake.call(lighter, 10.0, times=100)
+        calls = by_queryid(run(state, fake, 60.0 * poll, opts), "hiw_statement_calls")
+        exported.append(frozenset(calls))
+    assert len(set(exported[2:])) == 1  # settled, no series churn
+
+
+def test_an_idle_member_leaves_after_the_hold_time():
+    fake, state = FakeStatements(), new_state()
+    opts = options(top_n=2, top_n_hold=300.0)
+    for qid in (1, 2, 3):
+        fake.call(qid, 1.0)
+    run(state, fake, 0.0, opts)
+    fake.call(1, 5.0, times=10)
+    fake.call(2, 5.0, times=10)
+    run(state, fake, 60.0, opts)
+    for poll in range(2, 9):  # 2 goes idle; 3 takes light, steady load
+        fake.call(1, 5.0, times=10)
+        fake.call(3, 1.0, times=2)
+        calls = by_queryid(run(state, fake, 60.0 * poll, opts), "hiw_statement_calls")
+    assert "2" not in calls
+    assert "3" in calls
+
+
+def test_a_new_server_behind_the_target_is_a_new_baseline_not_a_spike():
+    fake, state, opts = FakeStatements(), new_state(), options()
+    fake.call(1, 5.0, times=10)
+    summary = {"system_identifier": 1, "timeline": 1, "started": 100.0}
+    run_with(state, fake, 0.0, opts, summary)
+    fake.call(1, 5.0, times=10)
+    before = run_with(state, fake, 60.0, opts, summary)
+    # failover: the standby's pg_stat_statements has its own, larger counters
+    fake.call(1, 50.0, times=5000)
+    for changed in ({"timeline": 2}, {"started": 500.0}, {"system_identifier": 2}):
+        summary = {**summary, **changed}
+        after = run_with(state, fake, 120.0, opts, summary)
+        assert by_queryid(after, "hiw_statement_calls") == by_queryid(before, "hiw_statement_calls")
+        assert histogram_samples(after) == histogram_samples(before)
+        assert gauge_value(after, "hiw_query_latency_window_calls") == 10
+    assert counter_by(after, "hiw_statements_resets_detected", "reason")["server_changed"] == 3
+
+
+def test_a_reset_between_the_reads_is_a_new_baseline():
+    fake, state, opts = FakeStatements(), new_state(), options()
+    fake.call(1, 5.0, times=10)
+    run_with(state, fake, 0.0, opts, {"stats_reset_before": 1.0, "stats_reset": 1.0})
+    fake.call(1, 5.0, times=10)
+    before = run_with(state, fake, 60.0, opts, {"stats_reset_before": 1.0, "stats_reset": 1.0})
+    fake.call(1, 5.0, times=10)
+    # the rows were read before a reset that the second marker read saw
+    after = run_with(state, fake, 120.0, opts, {"stats_reset_before": 1.0, "stats_reset": 2.0})
+    assert by_queryid(after, "hiw_statement_calls") == by_queryid(before, "hiw_statement_calls")
+    fake.reset()
+    fake.call(1, 5.0, times=3)
+    later = run_with(state, fake, 180.0, opts, {"stats_reset_before": 2.0, "stats_reset": 2.0})
+    # the interval of the reset during the read is lost, never counted twice
+    assert sum(by_queryid(later, "hiw_statement_calls").values()) == 13
+
+
+def test_a_per_entry_reset_with_more_calls_is_seen_on_13_without_info():
+    """pg_stat_statements_reset(userid, dbid, queryid), then more calls than before: the
+    counters grew, but min/max and the moments show the entry started again."""
+    fake, state, opts = FakeStatements(), new_state(), options()
+    fake.call(1, 1.0, times=50)
+    fake.call(1, 100.0, times=50)
+    run_with(state, fake, 0.0, opts, {})
+    fake.stats.clear()
+    fake.call(1, 5.0, times=400)  # after the reset: 400 calls at 5 ms
+    families = run_with(state, fake, 60.0, opts, {})
+    assert sum(by_queryid(families, "hiw_statement_calls").values()) == 400
+    assert math.isclose(quantiles_of(families)["0.99"], 0.005, rel_tol=0.03)
+    assert counter_by(families, "hiw_statements_resets_detected", "reason")["entry_reset"] == 1
+
+
+def test_buckets_below_the_grid_resolution_are_a_config_error(tmp_path):
+    from hiw_monitor.config import load
+    from hiw_monitor.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("targets: [{name: a, dsn: 'host=127.0.0.1 dbname=x'}]\n"
+                    "collectors: {statements: {buckets: [0.0000005, 0.1]}}\n")
+    with pytest.raises(ConfigError) as info:
+        load(environ={"HIW_MONITOR_CONFIG": str(path)})
+    assert "collectors.statements.buckets" in str(info.value)
+    assert "1 us" in str(info.value)
+
+
+def run_with(state, fake, now, opts, summary):
+    rows = {"statements": fake.rows(),
+            "summary": [{"max": 5000, "tracked": len(fake.stats), "track_planning": False,
+                         "track_io_timing": False, **summary}],
+            "texts": []}
+    return {f.name: f for f in transform(rows, Context("t", SERVER, opts, now, state))}
+
+
+def histogram_samples(families):
+    return [(s.name, s.labels.get("le"), s.value)
+            for s in families["hiw_query_duration_seconds"].samples]
