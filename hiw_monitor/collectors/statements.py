@@ -36,6 +36,7 @@ from psycopg import sql
 
 from hiw_monitor.analysis import latency
 from hiw_monitor.analysis.deltas import CounterTracker
+from hiw_monitor.analysis.querytext import is_utility, safe_text
 from hiw_monitor.analysis.topn import Membership
 from hiw_monitor.collectors.base import Collector, Context, Option, Rows, counter, gauge
 from hiw_monitor.errors import Reason, ReasonedError
@@ -351,37 +352,6 @@ def _needs_text(options: Mapping[str, Any]) -> bool:
 
 
 # --- pure parts -----------------------------------------------------------------------------
-
-def is_utility(text: str | None) -> bool:  # placeholder until analysis/querytext lands
-    return bool(text) and not _UTILITY_FREE.match(_COMMENTS.sub(" ", text or ""))
-
-
-_UTILITY_FREE = re.compile(r"^\s*(select|insert|update|delete|merge|with|values|table)\b", re.I)
-_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.S)
-
-
-def safe_text(text: str | None, length: int) -> str | None:
-    """Normalized text fit to leave the database, or None.
-
-    Comments are removed (they can carry values); utility statements and any text still
-    holding a string literal are refused; whitespace is collapsed; long text truncated.
-
-    >>> safe_text("SELECT * FROM t /* student 42 */ WHERE id = $1", 100)
-    'SELECT * FROM t WHERE id = $1'
-    >>> safe_text("SET app.student = 'Ann'", 100) is None
-    True
-    >>> safe_text("SELECT 'literal'", 100) is None
-    True
-    >>> safe_text("SELECT a, b, c FROM t", 12)
-    'SELECT a, b…'
-    """
-    if not text:
-        return None
-    stripped = " ".join(_COMMENTS.sub(" ", text).split())
-    if not _UTILITY_FREE.match(stripped) or "'" in stripped or "$$" in stripped:
-        return None
-    return stripped if len(stripped) <= length else stripped[: length - 1] + "…"
-
 
 def _cumulative(row: Mapping[str, Any]) -> dict[str, float]:
     values = {f: float(row[f] or 0.0) for f in _DELTA_FIELDS if f != "sumsq" and f in row}

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hiw_monitor.analysis.querytext import safe_text
 from hiw_monitor.collectors.base import Context, ServerInfo
 from hiw_monitor.collectors.statements import (
     OPTIONS,
     new_state,
-    safe_text,
     transform,
 )
 
