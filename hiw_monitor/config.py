@@ -33,14 +33,27 @@ ENV_WEB_CONFIG = "HIW_MONITOR_WEB_CONFIG"
 
 # Connection keys a target may set besides its name and password source.
 _TARGET_PARAMS = ("host", "port", "dbname", "user", "sslmode", "sslrootcert", "sslcert", "sslkey")
+# libpq parameters that may be printed (logs, the landing page, error messages), in that
+# order: where the server is, who connects and how. Every other parameter is left out of
+# what is printed: password, sslpassword, oauth_client_secret, scram_*_key, options
+# (which can carry any setting), passfile, service, and whatever libpq adds next.
+SAFE_PARAMS = (
+    *_TARGET_PARAMS, "hostaddr", "application_name", "fallback_application_name",
+    "connect_timeout", "target_session_attrs", "load_balance_hosts", "client_encoding",
+    "sslcrl", "sslcrldir", "sslcertmode", "sslnegotiation", "sslsni",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "min_protocol_version",
+    "max_protocol_version", "gssencmode", "channel_binding", "require_auth", "keepalives",
+    "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class TargetConfig:
-    """One database to watch. ``conninfo`` never holds the password."""
+    """One database to watch. ``conninfo`` never holds the password, but may hold other
+    secret parameters (sslpassword, ...): it is printed only through :func:`redact`."""
 
     name: str
-    conninfo: str
+    conninfo: str = field(repr=False)  # may hold sslpassword and the like: see redact()
     password: str | None = field(default=None, repr=False)
     password_env: str | None = None
     password_file: str | None = None
@@ -264,10 +277,13 @@ def default_target_name(params: Mapping[str, Any], env: Mapping[str, str] | None
 
 
 def redact(conninfo: str) -> str:
-    """The connection string without its password (for logs and pages).
+    """The connection string as it may be printed (logs, pages, errors): only the
+    parameters in :data:`SAFE_PARAMS`, so no password or other secret.
 
     >>> redact("postgresql://mon:s3cret@db:5432/hiw")
     'host=db port=5432 dbname=hiw user=mon'
+    >>> redact("host=db sslpassword=k3y options='-c x=y' sslmode=require")
+    'host=db sslmode=require'
     >>> redact("not a dsn")
     '<unparsable connection string>'
     """
@@ -275,10 +291,8 @@ def redact(conninfo: str) -> str:
         params = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
         return "<unparsable connection string>"
-    params.pop("password", None)
-    order = {key: i for i, key in enumerate(_TARGET_PARAMS)}
-    ordered = sorted(params.items(), key=lambda kv: order.get(kv[0], 99))
-    return make_conninfo("", **{key: value for key, value in ordered if value is not None})
+    safe = {key: params[key] for key in SAFE_PARAMS if params.get(key) is not None}
+    return make_conninfo("", **safe)
 
 
 def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetConfig | None:

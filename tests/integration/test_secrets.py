@@ -107,3 +107,46 @@ def test_long_running_agent_never_shows_the_password(canary_role, tmp_path):
         out, err = proc.communicate(timeout=30)
     clean(out, err)
     assert "password authentication failed" in err  # the reason is logged, the secret not
+
+
+SSL_CANARY = "Ssl-Canary-3b8d"
+
+
+def test_secret_connection_parameters_are_never_printed(canary_role):
+    """sslpassword, options, passfile and friends are secrets too: only known-safe
+    parameters are printed (logs, the landing page, error messages)."""
+    port = canary_role.cluster.port
+    secrets = (f"sslpassword={SSL_CANARY} passfile=/nonexistent/{SSL_CANARY} "
+               f"options='-c app.key={SSL_CANARY}' sslmode=disable")
+    good = (f"host=127.0.0.1 port={port} dbname={HIW_DB} user=canary_monitor "
+            f"password={CANARY} {secrets}")
+    dead = good.replace(f"port={port}", f"port={free_port()}")
+    results = [
+        hiw("once", "--dsn", good, "--log-level", "debug"),
+        hiw("once", "--dsn", dead, "--log-level", "debug"),
+        hiw("once", "--dsn", good.replace(f"port={port}", "port=notaport")),
+    ]
+    assert [r.returncode for r in results] == [0, 1, 2]
+    listen = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hiw_monitor", "run", "--dsn", good,
+                             "--listen", f"127.0.0.1:{listen}", "--log-level", "debug"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{listen}"
+    try:
+        def collected() -> bool:
+            try:
+                return http_get(url + "/ready", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(collected, timeout=30, what="the agent ready")
+        pages = [http_get(url + path).text for path in ("/", "/metrics", "/ready")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert "user=canary_monitor" in pages[0]  # the connection is shown, its secrets not
+    for text in (*pages, out, err, *(r.stdout for r in results), *(r.stderr for r in results)):
+        assert SSL_CANARY not in text
+        assert CANARY not in text
+    assert "connected" in err
+    assert "Traceback" not in err

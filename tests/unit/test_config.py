@@ -10,11 +10,13 @@ from urllib.parse import quote
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from hiw_monitor.collectors import BY_NAME
 from hiw_monitor.config import (
     DEFAULT_PORT,
+    SAFE_PARAMS,
     ConnectionSettings,
     Overrides,
     TargetConfig,
@@ -536,3 +538,40 @@ def test_redact_query_parameter_password():
 
 def test_redact_unparsable():
     assert "hunter2" not in redact("host='x password=hunter2")
+
+
+SECRET_CANARY = "Canary-9d4e"
+LIBPQ_KEYWORDS = sorted(d.keyword.decode() for d in pq.Conninfo.get_defaults())
+
+
+def test_redact_prints_only_safe_parameters():
+    secret_params = [k for k in LIBPQ_KEYWORDS if k not in SAFE_PARAMS]
+    assert {"password", "sslpassword", "options", "passfile"} <= set(secret_params)
+    dsn = make_conninfo("", host="db", port="5432", dbname="hiw", user="mon",
+                        sslmode="require",
+                        **{key: f"{SECRET_CANARY}-{key}" for key in secret_params})
+    assert {k for k, v in conninfo_to_dict(dsn).items() if SECRET_CANARY in str(v)} == \
+        set(secret_params)
+    redacted = redact(dsn)
+    assert SECRET_CANARY not in redacted
+    assert conninfo_to_dict(redacted) == {"host": "db", "port": "5432", "dbname": "hiw",
+                                          "user": "mon", "sslmode": "require"}
+
+
+@pytest.mark.parametrize("dsn", [
+    f"postgresql://mon@db/hiw?sslpassword={SECRET_CANARY}&sslmode=verify-full",
+    f"host=db sslpassword={SECRET_CANARY} user=mon",
+    f"host=db options='-c app.key={SECRET_CANARY}'",
+    f"host=db oauth_client_secret={SECRET_CANARY}",
+])
+def test_redact_sslpassword_and_friends(dsn):
+    assert SECRET_CANARY in str(conninfo_to_dict(dsn))
+    assert SECRET_CANARY not in redact(dsn)
+    assert conninfo_to_dict(redact(dsn))["host"] == "db"
+
+
+def test_target_repr_shows_no_connection_secret(tmp_path):
+    config = load(Overrides(dsn=f"host=db dbname=hiw sslpassword={SECRET_CANARY}"),
+                  environ={})
+    assert SECRET_CANARY not in repr(config.targets[0])
+    assert SECRET_CANARY not in repr(config)
