@@ -64,16 +64,23 @@ class WebConfig:
 
     def check(self, user: str, password: str) -> bool:
         """bcrypt-verify ``user:password``; successes are remembered (keyed by a salted
-        digest, never the password) so a scrape every 15 s does not pay bcrypt each time."""
+        digest, never the password) so a scrape every 15 s does not pay bcrypt each time.
+
+        Like exporter-toolkit (Go's bcrypt): a password longer than bcrypt's 72 bytes is
+        compared on its first 72 bytes, never an error; an unknown user costs one bcrypt
+        check against a dummy hash of the configured users' cost, so the response time
+        does not tell which user names exist.
+        """
+        secret = password.encode()[:BCRYPT_MAX_BYTES]
         hashed = self.users.get(user)
         if hashed is None:
-            bcrypt.checkpw(b"x", _dummy_hash())  # same cost for unknown users: no probing
+            _checkpw(secret, _dummy_hash(self.dummy_cost))  # same work as a known user
             return False
         key = hmac.new(_SECRET, f"{user}\0{password}".encode(), hashlib.sha256).hexdigest()
         with self._lock:
             if self._verified.get(key):
                 return True
-        ok = bcrypt.checkpw(password.encode(), hashed)
+        ok = _checkpw(secret, hashed)
         if ok:
             with self._lock:
                 if len(self._verified) > 64:
@@ -81,13 +88,40 @@ class WebConfig:
                 self._verified[key] = True
         return ok
 
+    @property
+    def dummy_cost(self) -> int:
+        """The bcrypt cost of the dummy check for unknown users: the highest cost among
+        the configured hashes, so an unknown user is never the fastest answer."""
+        return max((_cost(hashed) for hashed in self.users.values()), default=10)
 
+
+BCRYPT_MAX_BYTES = 72  # bcrypt uses at most the first 72 bytes of a password
 _SECRET = os.urandom(32)  # keys the cache of verified credentials; never leaves the process
 
 
+def _checkpw(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:  # a password bcrypt refuses (e.g. a future length or NUL rule)
+        return False
+
+
+def _cost(hashed: bytes) -> int:
+    """The cost factor of a ``$2y$10$...`` hash (4..31).
+
+    >>> _cost(b"$2y$12$" + b"a" * 53), _cost(b"garbage")
+    (12, 10)
+    """
+    parts = hashed.split(b"$")
+    try:
+        return min(31, max(4, int(parts[2])))
+    except (IndexError, ValueError):
+        return 10
+
+
 @functools.cache
-def _dummy_hash() -> bytes:
-    return bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=10))
+def _dummy_hash(cost: int = 10) -> bytes:
+    return bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=cost))
 
 
 def _fail(path: str, problem: str, fix: str) -> ConfigError:
@@ -114,7 +148,10 @@ def load_web_config(path: str) -> WebConfig:
                     f"use {', '.join(sorted(_TOP_KEYS))}")
     users = _users(document.get("basic_auth_users") or {}, where)
     context = _tls(document.get("tls_server_config"), where, Path(path).parent)
-    return WebConfig(ssl_context=context, users=users)
+    web = WebConfig(ssl_context=context, users=users)
+    if users:
+        _dummy_hash(web.dummy_cost)  # now, not in the first unknown user's request
+    return web
 
 
 def _users(raw: Any, where: str) -> dict[str, bytes]:

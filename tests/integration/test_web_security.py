@@ -81,6 +81,8 @@ def test_tls_and_basic_auth(secured_agent):
     assert request("/metrics")[0] == 401
     assert request("/metrics", (USER, "wrong"))[0] == 401
     assert request("/metrics", ("mallory", PASSWORD))[0] == 401
+    assert request("/metrics", (USER, PASSWORD + "x" * 100))[0] == 401  # > 72 bytes: no 500
+    assert request("/metrics", ("mallory", "x" * 100))[0] == 401
     status, body = request("/metrics", (USER, PASSWORD))
     assert status == 200
     assert b"hiw_up{" in body

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import html
 from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
+import bcrypt
 import pytest
 
+from hiw_monitor import webconfig
 from hiw_monitor.collectors.base import gauge
 from hiw_monitor.errors import Reason
 from hiw_monitor.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
 from hiw_monitor.snapshot import SnapshotStore
 from hiw_monitor.web import App
+from hiw_monitor.webconfig import WebConfig
 
 # The validator's warnings are protocol violations: fail on them.
 pytestmark = pytest.mark.filterwarnings("error::wsgiref.validate.WSGIWarning")
@@ -207,3 +211,55 @@ def test_other_methods_are_405_with_allow(app_and_store, method):
     # RFC 9110 section 15.5.6: a 405 response MUST carry an Allow header.
     allowed = {m.strip() for m in response.headers.get("allow", "").split(",")}
     assert {"GET", "HEAD"} <= allowed
+
+
+# --- basic auth -----------------------------------------------------------------------------
+
+LONG = "p" * 72 + "-tail-beyond-bcrypt"  # 91 bytes
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def auth_app():
+    hashed = bcrypt.hashpw(LONG.encode()[:72], bcrypt.gensalt(rounds=4))
+    store = SnapshotStore()
+    web = WebConfig(users={"prometheus": hashed, "short": bcrypt.hashpw(b"pw", hashed[:29])})
+    return App(store, Exposition(store, clock=lambda: 10.0), web=web)
+
+
+@pytest.mark.parametrize(("user", "password", "code"), [
+    ("prometheus", LONG, 200),  # longer than 72 bytes: compared on the first 72, like Go
+    ("prometheus", "p" * 72, 200),
+    ("prometheus", "p" * 72 + "-another-tail", 200),
+    ("prometheus", "q" + "p" * 100, 401),
+    ("prometheus", "é" * 100, 401),  # 200 bytes of UTF-8
+    ("nobody", LONG, 401),
+    ("short", "x" * 1000, 401),
+    ("short", "pw", 200),
+], ids=lambda v: f"{len(v.encode())}B" if isinstance(v, str) and len(v) > 20 else str(v))
+def test_long_passwords_get_401_or_200_never_500(auth_app, user, password, code):
+    response = call(auth_app, "/metrics", HTTP_AUTHORIZATION=basic(user, password))
+    assert response.code == code
+
+
+def test_unknown_user_costs_one_bcrypt_check_of_the_same_cost(auth_app, monkeypatch):
+    """Equal work for known and unknown names (counted, not timed)."""
+    seen: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        seen.append(hashed)
+        return real(password, hashed)
+
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw", counting)
+    web = auth_app.web
+    assert not web.check("nobody", "guess")
+    assert not web.check("prometheus", "guess")
+    assert not web.check("nobody", LONG)
+    assert len(seen) == 3
+    costs = [hashed.split(b"$")[2] for hashed in seen]
+    assert costs == [b"04", b"04", b"04"]  # the dummy has the configured users' cost
+    assert seen[0] not in web.users.values()
