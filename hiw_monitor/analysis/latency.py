@@ -162,7 +162,7 @@ class ScaledBeta:
         t = (mean - lo) / width
         s2 = var / (width * width)
         common = t * (1 - t) / s2 - 1 if s2 > 0 else 0.0
-        if common <= 0:
+        if common <= TWO_POINT_CONCENTRATION:
             return None
         return cls(t * common, (1 - t) * common, lo, hi)
 
@@ -172,6 +172,38 @@ class ScaledBeta:
         if x >= self.hi:
             return 1.0
         return regularized_beta((x - self.lo) / (self.hi - self.lo), self.a, self.b)
+
+
+@dataclass(frozen=True, slots=True)
+class TwoPoint:
+    """Calls at ``lo`` and ``hi`` only, a share ``upper`` of them at ``hi``: the shape when
+    the variance is (nearly) the largest any distribution on [lo, hi] with this mean can
+    have, ``(mean - lo) * (hi - mean)``, e.g. one statement whose calls are either fast
+    or wait the same long time. No Beta exists there; this is its limit.
+
+    >>> d = TwoPoint.from_mean(16.8, 2.0, 150.0)  # 90 calls at 2, 10 at 150
+    >>> round(d.upper, 9), d.cdf(100.0), d.cdf(150.0)
+    (0.1, 0.9, 1.0)
+    """
+
+    lo: float
+    hi: float
+    upper: float
+
+    @classmethod
+    def from_mean(cls, mean: float, lo: float, hi: float) -> TwoPoint:
+        return cls(lo, hi, min(1.0, max(0.0, (mean - lo) / (hi - lo))))
+
+    def cdf(self, x: float) -> float:
+        if x < self.lo:
+            return 0.0
+        return 1.0 if x >= self.hi else 1.0 - self.upper
+
+
+# Beta shapes with a + b below this are U-shaped so sharply that a two-point shape is the
+# same to within the grid's resolution (and the Beta's own continued fraction converges
+# poorly there).
+TWO_POINT_CONCENTRATION = 0.05
 
 
 def regularized_beta(x: float, a: float, b: float) -> float:
@@ -222,6 +254,8 @@ def fit(mean: float, var: float, lo: float = 0.0, hi: float = math.inf,
     'ScaledBeta'
     >>> type(fit(0.1, 0.01, lo=0.001, hi=5.0, lifetime_calls=1000)).__name__
     'LogNormal'
+    >>> type(fit(0.0168, 0.0148 * 0.1332, lo=0.002, hi=0.15, lifetime_calls=100)).__name__
+    'TwoPoint'
     """
     if mean <= 0:
         return PointMass(max(mean, 0.0))
@@ -231,6 +265,8 @@ def fit(mean: float, var: float, lo: float = 0.0, hi: float = math.inf,
     if lifetime_calls <= 0 or not math.isfinite(hi) or not lo < mean < hi:
         return lognormal
     slack = BOUND_SLACK_CALLS / lifetime_calls
+    if var >= (1.0 - TWO_POINT_CONCENTRATION) * (mean - lo) * (hi - mean):
+        return TwoPoint.from_mean(mean, lo, hi)  # only the extremes can carry this variance
     if 1.0 - lognormal.cdf(hi) > slack:  # too little tail for a lognormal: bounded
         bounded = ScaledBeta.from_mean_var(mean, var, lo, hi)
         if bounded is not None:

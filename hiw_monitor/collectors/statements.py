@@ -589,13 +589,18 @@ def _latency_families(state: StatementsState, ctx: Context, by_key: Mapping[Key,
     yield histogram
 
     counts, window_calls, window_total = state.window.totals()
-    quantiles = gauge("hiw_query_latency_seconds",
-                      "Query latency quantiles over the rolling window, computed by the agent "
-                      "(NaN without calls).", ["quantile"])
+    # a summary, like Go's: quantiles over a sliding window, _count and _sum cumulative
+    quantiles = Metric("hiw_query_latency_seconds",
+                       "Query latency quantiles over the rolling window, computed by the agent "
+                       "(NaN without calls); _count and _sum are cumulative.", "summary")
     wanted = sorted({*QUANTILES, options["sla_quantile"]})
     values = {q: latency.quantile(grid, counts, window_calls, q) for q in wanted}
     for q in wanted:
-        quantiles.add_metric([t, f"{q:g}"], values[q])
+        quantiles.add_sample("hiw_query_latency_seconds", {"target": t, "quantile": f"{q:g}"},
+                             values[q])
+    quantiles.add_sample("hiw_query_latency_seconds_count", {"target": t},
+                         state.histogram_count)
+    quantiles.add_sample("hiw_query_latency_seconds_sum", {"target": t}, state.histogram_sum)
     yield quantiles
     mean_family = gauge("hiw_query_latency_mean_seconds",
                         "Mean query latency over the rolling window (NaN without calls).")

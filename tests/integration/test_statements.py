@@ -228,3 +228,83 @@ def test_missing_or_unusable_extension_says_what_to_run(version):
         assert MONITOR_PASSWORD not in denied.error.text
     finally:
         server.cluster.destroy()
+
+
+def transaction(query: str) -> str:
+    """One application transaction as an ORM sends it: BEGIN, SET, SHOW, a query, COMMIT."""
+    return ("BEGIN;\n"
+            "SET LOCAL statement_timeout = '30s';\n"
+            "SHOW transaction_isolation;\n"
+            f"{query};\n"
+            "COMMIT;\n")
+
+
+def text_reads(server: Server) -> float:
+    with server.admin() as admin:
+        row = admin.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+            "WHERE query LIKE '%pg_stat_statements(true)%' AND query NOT LIKE '%LIKE%'"
+        ).fetchone()
+    return float(row[0])
+
+
+def test_transactions_and_orm_chatter_leave_the_sla_to_the_application(pg):
+    """90 queries at 2 ms and 10 at 150 ms (true p95: 150 ms), each inside BEGIN, SET,
+    SHOW ... COMMIT, over the simple and the extended protocol: the SLA must be missed."""
+    reset_statements(pg)
+    poller = Poller(pg)
+    try:
+        poller.poll()
+        fast = pgbench(pg, transaction("SELECT pg_sleep(0.002)"), "-c", "1", "-t", "90",
+                       "-M", "simple")
+        slow = pgbench(pg, transaction("SELECT 1 AS slow, pg_sleep(0.15)"), "-c", "1",
+                       "-t", "10", "-M", "extended")
+        families = poller.poll()
+        for _ in range(2):  # the agent's own new statements are classified once, then ...
+            poller.poll()
+        reads = text_reads(pg)
+        after = poller.poll()  # ... a poll with no new statement reads no query text
+        assert text_reads(pg) == reads
+    finally:
+        poller.close()
+    assert histogram_count(families) == fast + slow == 100
+    excluded = values(families, "hiw_sla_excluded_calls", "reason")
+    assert excluded["utility"] >= 4 * 100  # BEGIN, SET, SHOW, COMMIT per transaction
+    assert values(families, "hiw_query_latency_seconds", "quantile")["0.95"] >= 0.1
+    assert values(families, "hiw_sla_query_latency_met", "target")["db"] == 0
+    # the per-statement counters still count the transaction control
+    assert sum(values(after, "hiw_statement_calls").values()) >= 5 * 100
+
+
+def test_exposition_is_strict_after_a_real_workload(pg, tmp_path):
+    """After transactions and statement churn, the OpenMetrics body parses with the strict
+    parser (whole bucket counts) and promtool accepts the text format."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as strict
+    from tools import require
+
+    from hiw_monitor.exposition import Exposition
+
+    reset_statements(pg)
+    poller = Poller(pg, top_n=5)
+    churn = "".join(f"SELECT pg_sleep(0.001) AS churn_{i};\n" for i in range(12))
+    try:
+        poller.poll()
+        pgbench(pg, transaction("SELECT pg_sleep(0.003)"), "-c", "2", "-t", "40")
+        pgbench(pg, churn, "-c", "1", "-t", "3")
+        poller.poll()
+        pgbench(pg, "\\set r random(1, 1000)\nSELECT pg_sleep(:r / 100000.0);\n",
+                "-c", "2", "-t", "100")
+        poller.poll()
+    finally:
+        poller.close()
+    exposition = Exposition(poller.store, prerender=False)
+    body = exposition.get(openmetrics_format=True).body.decode()
+    families = {f.name: f for f in strict(body)}
+    buckets = [s.value for s in families["hiw_query_duration_seconds"].samples
+               if s.name.endswith("_bucket")]
+    assert buckets == sorted(buckets)
+    assert buckets[-1] > 0
+    text = exposition.get().body
+    result = subprocess.run([require("promtool"), "check", "metrics"], input=text,
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

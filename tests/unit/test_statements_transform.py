@@ -450,3 +450,18 @@ def run_with(state, fake, now, opts, summary):
 def histogram_samples(families):
     return [(s.name, s.labels.get("le"), s.value)
             for s in families["hiw_query_duration_seconds"].samples]
+
+
+def test_one_statement_with_two_latencies_keeps_its_slow_mode():
+    """The same SQL either answers in 2 ms or waits 150 ms (a lock, a cold cache): the
+    interval's variance is the largest [min, max] allows, so the calls sit at the ends."""
+    fake, state, opts = FakeStatements(), new_state(), options()
+    fake.call(1, 2.0, times=5)
+    fake.call(1, 150.0)
+    run(state, fake, 0.0, opts)
+    fake.call(1, 2.0, times=90)
+    fake.call(1, 150.0, times=10)
+    families = run(state, fake, 60.0, opts)
+    assert math.isclose(quantiles_of(families)["0.95"], 0.150, rel_tol=0.03)
+    assert math.isclose(quantiles_of(families)["0.5"], 0.002, rel_tol=0.03)
+    assert gauge_value(families, "hiw_sla_query_latency_met") == 0
