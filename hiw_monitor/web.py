@@ -11,6 +11,7 @@ import base64
 import errno
 import html
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ from hiw_monitor import __version__
 from hiw_monitor.errors import ConfigError
 from hiw_monitor.exposition import Exposition
 from hiw_monitor.snapshot import SnapshotStore
-from hiw_monitor.webconfig import WebConfig
+from hiw_monitor.webconfig import WebConfig, peer_sans
 
 log = structlog.get_logger("hiw_monitor.web")
 
@@ -36,6 +37,23 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    web: WebConfig = WebConfig()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """With ``client_allowed_sans``: finish the TLS handshake (in this request's own
+        thread) and close the connection, unanswered, when the verified client
+        certificate carries none of the allowed SANs (exporter-toolkit refuses it in
+        the handshake; Python's ssl module has no hook there, so this is the next step)."""
+        if self.web.client_allowed_sans is not None and isinstance(request, ssl.SSLSocket):
+            request.settimeout(_QuietHandler.timeout)
+            request.do_handshake()
+            cert = request.getpeercert()
+            if not self.web.allows_peer(cert):
+                log.warning("client_certificate_refused", client=str(client_address[0]),
+                            sans=peer_sans(cert),
+                            reason="no subject alternative name in client_allowed_sans")
+                return  # shutdown_request() closes the connection
+        super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that breaks off (or speaks plain HTTP to TLS) is not worth a traceback."""
@@ -213,6 +231,7 @@ def serve(app: App, host: str, port: int) -> tuple[WSGIServer, threading.Thread]
             raise ConfigError(where, "cannot bind this address on this machine",
                               "use an address of this host, e.g. 127.0.0.1 or 0.0.0.0") from None
         raise
+    server.web = app.web
     if app.web.ssl_context is not None:
         server.socket = app.web.ssl_context.wrap_socket(
             server.socket, server_side=True, do_handshake_on_connect=False)

@@ -7,6 +7,8 @@ existing file can be reused.
       key_file: /etc/hiw-monitor/tls.key
       client_auth_type: RequireAndVerifyClientCert   # optional, with client_ca_file
       client_ca_file: /etc/hiw-monitor/ca.crt
+      client_allowed_sans: [prometheus.internal]     # optional: the client certificate
+                                                     # must carry one of these SANs
       min_version: TLS12
     basic_auth_users:
       prometheus: $2y$10$...                         # bcrypt hash (htpasswd -nBC 10 "")
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import ssl
 import threading
@@ -45,9 +48,12 @@ CLIENT_AUTH = {
 VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
             "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
-             "max_version"}
+             "max_version", "client_allowed_sans"}
 _IGNORED_TLS_KEYS = {"cipher_suites", "curve_preferences", "prefer_server_cipher_suites",
-                     "client_allowed_sans", "cert", "key"}
+                     "cert", "key"}
+# The SAN kinds exporter-toolkit compares (Go's DNSNames, EmailAddresses, IPAddresses,
+# URIs), as Python's getpeercert() names them.
+_SAN_KINDS = ("DNS", "email", "IP Address", "URI")
 _TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
 
 
@@ -55,6 +61,8 @@ _TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
 class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     users: Mapping[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    # None: any verified client certificate; else it must carry one of these SANs
+    client_allowed_sans: frozenset[str] | None = None
     _verified: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
@@ -88,6 +96,26 @@ class WebConfig:
                 self._verified[key] = True
         return ok
 
+    def allows_peer(self, cert: Mapping[str, Any] | None) -> bool:
+        """Whether a verified client certificate (``SSLSocket.getpeercert()``) may connect:
+        with ``client_allowed_sans``, one of its DNS, email, IP or URI SANs must be listed
+        (IP addresses compared as addresses).
+
+        >>> web = WebConfig(client_allowed_sans=frozenset({"prom.internal", "::1"}))
+        >>> web.allows_peer({"subjectAltName": (("DNS", "prom.internal"),)})
+        True
+        >>> web.allows_peer({"subjectAltName": (("IP Address", "0:0:0:0:0:0:0:1"),)})
+        True
+        >>> web.allows_peer({"subjectAltName": (("DNS", "other"),), "subject": ()})
+        False
+        >>> web.allows_peer(None), WebConfig().allows_peer(None)
+        (False, True)
+        """
+        if self.client_allowed_sans is None:
+            return True
+        allowed = {_san_key(value) for value in self.client_allowed_sans}
+        return any(_san_key(value) in allowed for value in peer_sans(cert))
+
     @property
     def dummy_cost(self) -> int:
         """The bcrypt cost of the dummy check for unknown users: the highest cost among
@@ -97,6 +125,22 @@ class WebConfig:
 
 BCRYPT_MAX_BYTES = 72  # bcrypt uses at most the first 72 bytes of a password
 _SECRET = os.urandom(32)  # keys the cache of verified credentials; never leaves the process
+
+
+def peer_sans(cert: Mapping[str, Any] | None) -> list[str]:
+    """The DNS, email, IP and URI subject alternative names of a peer certificate."""
+    if not cert:
+        return []
+    return [str(value).strip() for kind, value in cert.get("subjectAltName", ())
+            if kind in _SAN_KINDS]
+
+
+def _san_key(value: str) -> str:
+    """A SAN as compared: IP addresses in one canonical form, everything else as is."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
@@ -147,8 +191,11 @@ def load_web_config(path: str) -> WebConfig:
         raise _fail(f"{where}: {sorted(unknown)[0]}", "unknown key",
                     f"use {', '.join(sorted(_TOP_KEYS))}")
     users = _users(document.get("basic_auth_users") or {}, where)
-    context = _tls(document.get("tls_server_config"), where, Path(path).parent)
-    web = WebConfig(ssl_context=context, users=users)
+    tls = document.get("tls_server_config")
+    context = _tls(tls, where, Path(path).parent)
+    sans = _allowed_sans(tls, where) if isinstance(tls, dict) and context is not None \
+        else None
+    web = WebConfig(ssl_context=context, users=users, client_allowed_sans=sans)
     if users:
         _dummy_hash(web.dummy_cost)  # now, not in the first unknown user's request
     return web
@@ -168,6 +215,27 @@ def _users(raw: Any, where: str) -> dict[str, bytes]:
                         "generate one with htpasswd -nBC 10 USER") from None
         users[str(user)] = value
     return users
+
+
+def _allowed_sans(raw: Mapping[str, Any], where: str) -> frozenset[str] | None:
+    """``client_allowed_sans``, enforced for a verified client certificate only."""
+    value = raw.get("client_allowed_sans")
+    if value is None:
+        return None
+    key_path = f"{where}: tls_server_config.client_allowed_sans"
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(key_path, "expected a list of subject alternative names",
+                    "write it like [prometheus.internal, 10.0.0.5]")
+    if not value:
+        raise _fail(key_path, "is empty, so no client could connect",
+                    "list the SANs allowed, or remove the key")
+    auth = raw.get("client_auth_type", "NoClientCert")
+    if auth != "RequireAndVerifyClientCert":
+        raise _fail(key_path, f"needs client_auth_type RequireAndVerifyClientCert (it is "
+                    f"{auth}): the SANs of a certificate no CA vouches for prove nothing",
+                    "set client_auth_type: RequireAndVerifyClientCert and client_ca_file, "
+                    "or remove client_allowed_sans")
+    return frozenset(value)
 
 
 def _tls(raw: Any, where: str, base: Path) -> ssl.SSLContext | None:
