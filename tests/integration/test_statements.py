@@ -308,3 +308,45 @@ def test_exposition_is_strict_after_a_real_workload(pg, tmp_path):
     result = subprocess.run([require("promtool"), "check", "metrics"], input=text,
                             capture_output=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_another_server_behind_the_address_is_a_new_baseline_not_a_spike():
+    """A failover or restore puts another server, with its own lifetime of counters,
+    behind the target's address: nothing of that lifetime may be counted as an interval."""
+    primary = start_server("pg15")
+    replacement = start_server("pg15")
+    script = "SELECT count(*) FROM classrooms WHERE grade_level = 3;\n"
+    poller = None
+    try:
+        poller = Poller(primary)
+        poller.poll()
+        pgbench(primary, script, "-c", "1", "-t", "50")
+        before = poller.poll()
+        pgbench(replacement, script, "-c", "2", "-t", "500")  # the other server's history
+        primary.cluster.stop()
+        replacement.cluster.stop()
+        with (replacement.cluster.datadir / "postgresql.conf").open("a") as conf:
+            conf.write(f"port = {primary.cluster.port}\n")  # now behind the same address
+        replacement.cluster.port = primary.cluster.port
+        replacement.cluster.start()
+        after = None
+        for _ in range(10):  # the first runs find the old connection gone, then reconnect
+            sample = run_collection(poller.target, BY_NAME["statements"], poller.settings,
+                                    poller.store, poller.state)
+            if sample.error is None:
+                after = {f.name: f for f in sample.families}
+                break
+            poller.target._next_attempt = 0.0  # retry at once, no backoff wait
+        assert after is not None
+        assert histogram_count(after) == histogram_count(before)
+        assert sum(values(after, "hiw_statement_calls").values()) == \
+            sum(values(before, "hiw_statement_calls").values())
+        assert values(after, "hiw_statements_resets_detected", "reason")["server_changed"] == 1
+        pgbench(replacement, script, "-c", "1", "-t", "20")
+        later = poller.poll()
+        assert histogram_count(later) == histogram_count(before) + 20
+    finally:
+        if poller is not None:
+            poller.close()
+        primary.cluster.destroy()
+        replacement.cluster.destroy()
