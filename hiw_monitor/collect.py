@@ -82,10 +82,15 @@ def run_collection(target: Target, collector: Collector, settings: CollectorSett
                  duration_ms=round(duration * 1000, 1), series=families_series(families),
                  error=None)
     else:
+        # served only once the last good families are stale (Sample.served)
         fallback: list[Any] = []
         if collector.on_failure is not None and state is not None:
-            fallback = list(collector.on_failure(target.name, state, settings.options,
-                                                 error.code))
+            try:
+                fallback = list(collector.on_failure(target.name, state, settings.options,
+                                                     error.code))
+            except Exception:
+                log.exception("collector_bug", target=target.name, collector=collector.name,
+                              step="on_failure")
         sample = store.record_failure(target.name, collector.name, error, finished, duration,
                                       fallback)
         log.warning("collection", target=target.name, collector=collector.name,

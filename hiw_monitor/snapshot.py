@@ -21,6 +21,8 @@ class Sample:
 
     ``families`` are those of the last *successful* run: a failed run keeps them (until
     they go stale) and records its error, so one timeout does not blank a dashboard.
+    ``fallback`` is what a failing collector still reports once they are stale (see
+    :meth:`served`).
     """
 
     target: str
@@ -35,7 +37,7 @@ class Sample:
     errors_total: int = 0
     runs_total: int = 0
     skipped: tuple[tuple[str, int], ...] = ()  # (reason, count): runs the scheduler skipped
-    fallback: tuple[Metric, ...] = ()  # served instead of ``families`` while runs fail
+    fallback: tuple[Metric, ...] = ()  # served instead of stale ``families`` while runs fail
 
     @property
     def ok(self) -> bool:
@@ -44,6 +46,18 @@ class Sample:
     def fresh(self, now: float) -> bool:
         """True while the last success is recent enough for its series to be served."""
         return self.last_success_at is not None and now - self.last_success_at <= self.stale_after
+
+    def served(self, now: float) -> tuple[Metric, ...]:
+        """The families a scrape shows at ``now``.
+
+        The last good families while they are fresh, even when the latest runs failed:
+        one failed poll (busy, timeout, lock timeout, a target briefly down) changes
+        nothing but the self-metrics. Once they are stale, a failing collector's
+        ``fallback`` (e.g. backups reported ``unknown``), else nothing.
+        """
+        if self.fresh(now):
+            return self.families
+        return self.fallback if self.error is not None else ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -347,3 +347,141 @@ def test_updates_prerender_the_formats_scrapers_ask_for(monkeypatch):
     calls.clear()
     exposition.get(openmetrics_format=True, gzipped=True)
     assert calls == []  # the scrape itself renders nothing
+
+
+# --- a family that cannot be rendered (issue 10, item 7) --------------------------------
+
+
+def unrenderable(target: str):
+    """Three families client_python cannot render: a NULL label value, a label value that
+    is not a string, a value that is not a number."""
+    null = gauge("hiw_test_null_label", "A label value that is NULL.", ["backup_name"])
+    null.add_metric([target, None], 1.0)
+    number = gauge("hiw_test_int_label", "A label value that is an int.", ["backup_name"])
+    number.add_metric([target, 7], 1.0)
+    text = gauge("hiw_test_text_value", "A value that is text.")
+    text.add_metric([target], "n/a")
+    return [null, number, text]
+
+
+BAD_NAMES = ("hiw_test_null_label", "hiw_test_int_label", "hiw_test_text_value")
+
+
+def dropped(body: bytes, target: str = "t1", collector: str = "conn") -> dict[str, float]:
+    return {family: value(body, "hiw_exposition_dropped_families_total", target=target,
+                          collector=collector, family=family) for family in BAD_NAMES}
+
+
+def test_an_unrenderable_family_is_dropped_counted_and_logged_once(store):
+    from structlog.testing import capture_logs
+
+    store.register("t2", "host=h2", "conn", interval=10, stale_after=30)
+    clock = Clock(100.0)
+    expo = Exposition(store, clock)  # pre-renders on every update, in the recording thread
+    with capture_logs() as logs:
+        store.record_success("t1", "conn", [*families_for("t1"), *unrenderable("t1")],
+                             100.0, 0.1)
+        store.record_success("t2", "conn", families_for("t2", 2.0), 100.0, 0.1)
+        body = expo.get().body
+        om = expo.get(openmetrics_format=True).body.decode()
+        # the rest of the same collector, and the other target, are served
+        assert value(body, "hiw_test_gauge", target="t1", db="app") == 1.0
+        assert value(body, "hiw_test_events_total", target="t1") == 10.0
+        assert value(body, "hiw_test_gauge", target="t2", db="app") == 2.0
+        assert {f.name for f in parse_openmetrics(om)} >= {"hiw_test_gauge", "hiw_test_events"}
+        for name in BAD_NAMES:
+            assert f"# TYPE {name} " not in body.decode()
+            assert f"\n{name}{{" not in om
+        assert dropped(body) == dict.fromkeys(BAD_NAMES, 1.0)
+        # re-rendering the same stored result (a deadline, a failed run) counts nothing new
+        clock.now = 105.0
+        store.record_failure("t1", "conn", TIMEOUT, 105.0, 1.0)
+        assert dropped(expo.get().body) == dict.fromkeys(BAD_NAMES, 1.0)
+        # a new result with the same problem counts again, but is not logged again
+        store.record_success("t1", "conn", [*families_for("t1", 3.0), *unrenderable("t1")],
+                             110.0, 0.1)
+        clock.now = 110.0
+        body = expo.get().body
+        assert dropped(body) == dict.fromkeys(BAD_NAMES, 2.0)
+        assert value(body, "hiw_test_gauge", target="t1", db="app") == 3.0
+    events = [e for e in logs if e["event"] == "family_dropped"]
+    assert sorted(e["family"] for e in events) == sorted(BAD_NAMES)
+    assert {(e["target"], e["collector"]) for e in events} == {("t1", "conn")}
+    assert "backup_name is NoneType, not str" in next(
+        e["problem"] for e in events if e["family"] == "hiw_test_null_label")
+
+
+def test_a_render_failure_the_check_did_not_foresee_is_isolated_too(store, monkeypatch):
+    from structlog.testing import capture_logs
+
+    monkeypatch.setattr(exposition_module, "family_problem", lambda family: None)
+    expo = Exposition(store, Clock(100.0), prerender=False)
+    store.record_success("t1", "conn", [*families_for("t1"), *unrenderable("t1")[:1]],
+                         100.0, 0.1)
+    with capture_logs() as logs:
+        body = expo.get().body
+        om = expo.get(openmetrics_format=True, gzipped=True).body
+    assert value(body, "hiw_test_gauge", target="t1", db="app") == 1.0
+    assert "\nhiw_test_null_label{" not in body.decode()
+    assert "\nhiw_test_null_label{" not in gzip.decompress(om).decode()
+    assert value(body, "hiw_exposition_dropped_families_total", target="t1",
+                 collector="conn", family="hiw_test_null_label") == 1.0
+    assert [e["event"] for e in logs].count("family_dropped") == 1
+    assert "render_failed" in [e["event"] for e in logs]
+
+
+def test_the_dropped_families_counter_is_always_declared(store):
+    body = Exposition(store, Clock(0.0)).get(openmetrics_format=True).body.decode()
+    families = {f.name: f for f in parse_openmetrics(body)}
+    assert families["hiw_exposition_dropped_families"].type == "counter"
+    assert families["hiw_exposition_dropped_families"].samples == []
+
+
+# --- a failed run and the on_failure fallback (issue 10, item 8) ------------------------
+
+
+def fallback_for(target: str):
+    family = gauge("hiw_test_fallback", "What a failing collector reports once stale.")
+    family.add_metric([target], 1.0)
+    return [family]
+
+
+def test_served_keeps_the_last_good_families_until_stale_then_the_fallback():
+    families, fallback = tuple(families_for("t")), tuple(fallback_for("t"))
+    ok = Sample("t", "c", interval=10, stale_after=30, families=families,
+                last_success_at=100.0, finished_at=100.0)
+    assert ok.served(130.0) == families
+    assert ok.served(131.0) == ()
+    failing = Sample("t", "c", interval=10, stale_after=30, families=families,
+                     last_success_at=100.0, finished_at=110.0, error=TIMEOUT, fallback=fallback)
+    assert failing.served(110.0) == families
+    assert failing.served(130.0) == families
+    assert failing.served(130.5) == fallback
+    never = Sample("t", "c", interval=10, stale_after=30, finished_at=110.0, error=TIMEOUT,
+                   fallback=fallback)
+    assert never.served(110.0) == fallback
+
+
+def test_a_failed_run_keeps_the_last_good_series_and_the_fallback_waits_for_staleness(store):
+    clock = Clock(100.0)
+    expo = Exposition(store, clock)
+    store.record_success("t1", "conn", families_for("t1"), 100.0, 0.1)
+    clock.now = 110.0
+    store.record_failure("t1", "conn", TIMEOUT, 110.0, 5.0, fallback_for("t1"))
+    failed = expo.get().body
+    assert value(failed, "hiw_test_gauge", target="t1", db="app") == 1.0
+    assert value(failed, "hiw_test_fallback", target="t1") is None
+    assert value(failed, "hiw_collector_up", target="t1", collector="conn") == 0.0
+    clock.now = 125.0
+    store.record_failure("t1", "conn", TIMEOUT, 125.0, 5.0, fallback_for("t1"))
+    assert value(expo.get().body, "hiw_test_gauge", target="t1", db="app") == 1.0
+    clock.now = 130.5  # no store change: the stale deadline alone re-renders
+    stale = expo.get().body
+    assert value(stale, "hiw_test_gauge", target="t1", db="app") is None
+    assert value(stale, "hiw_test_fallback", target="t1") == 1.0
+    assert value(stale, "hiw_collector_stale", target="t1", collector="conn") == 1.0
+    clock.now = 135.0
+    store.record_success("t1", "conn", families_for("t1", 2.0), 135.0, 0.1)
+    recovered = expo.get().body
+    assert value(recovered, "hiw_test_gauge", target="t1", db="app") == 2.0
+    assert value(recovered, "hiw_test_fallback", target="t1") is None
