@@ -2,13 +2,16 @@
 
 The review's ``backup_health_status`` view: Healthy when the last successful backup
 ended less than 24 h ago, Warning under 48 h, Critical otherwise (and when there is none).
+Two states the view cannot tell: ``unknown`` (the tables cannot be read) and ``future``
+(the newest success ends after the database's now: a clock or time-zone error in the
+writer, which the view would call Healthy until the clock catches up).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATUSES = ("healthy", "warning", "critical", "unknown")
+STATUSES = ("healthy", "warning", "critical", "unknown", "future")
 HOUR = 3600.0
 
 
@@ -19,10 +22,11 @@ class Thresholds:
 
 
 def backup_status(age: float | None, thresholds: Thresholds = Thresholds()) -> str:
-    """healthy / warning / critical for the age (seconds) of the last success.
+    """healthy / warning / critical / future for the age (seconds) of the last success.
 
     ``None`` (never succeeded) is critical. The boundaries follow the review's view:
-    an age of exactly 24 h is already a warning, exactly 48 h critical.
+    an age of exactly 24 h is already a warning, exactly 48 h critical. A negative age
+    (the success ends in the future) is ``future``: its real age cannot be known.
 
     >>> [backup_status(a) for a in (3600.0, 30 * HOUR, 50 * HOUR, None)]
     ['healthy', 'warning', 'critical', 'critical']
@@ -30,9 +34,13 @@ def backup_status(age: float | None, thresholds: Thresholds = Thresholds()) -> s
     ('warning', 'critical')
     >>> backup_status(5 * 86400.0, Thresholds(8 * 86400.0, 9 * 86400.0))
     'healthy'
+    >>> backup_status(-3 * HOUR), backup_status(0.0)
+    ('future', 'healthy')
     """
     if age is None:
         return "critical"
+    if age < 0:
+        return "future"
     if age < thresholds.warning_after:
         return "healthy"
     if age < thresholds.critical_after:

@@ -9,11 +9,18 @@ schema maps without code. Optional columns that do not exist are simply not used
 
 Ages are computed on the database clock (``now() - end_time``), so clock skew between the
 agent and the database does not matter. ``timestamp without time zone`` columns are read
-in the server's TimeZone, or in the ``timezone`` option when set.
+in the server's TimeZone, or in the ``timezone`` option when set. The last success is the
+review's ``MAX(end_time)`` of the successful runs: a "completed" row without an end time
+does not count. A last success that ends in the future (a clock or time-zone error in
+the writer) has status ``future`` and its negative age is exported as it is.
 
-When the tables cannot be read (dropped, permission revoked, timeout, database down), the
-backups seen before keep being reported with ``status="unknown"``: alerting on backups
-must never go quiet just because the data disappeared.
+A configuration whose name is NULL is labelled ``(unnamed, id <id>)``.
+
+When a poll fails (busy, timeout, lock timeout, database down), the last good series
+are served until they are stale, as for every collector. When the tables stay unreadable
+(dropped, permission revoked) past that, the backups seen before keep being reported
+with ``status="unknown"``: alerting on backups must never go quiet just because the data
+disappeared.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from hiw_monitor.errors import Reason, ReasonedError
 from hiw_monitor.units import parse_duration
 
 LABELS = ("backup_name", "type")
+UNNAMED = "(unnamed, id {id})"  # backup_name of a configuration whose name is NULL
 RUN_STATES = ("success", "failure", "running")
 
 # option -> (table, required)
@@ -186,6 +194,7 @@ def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
 
     ended = sql.SQL("coalesce(l.{}, l.{})::timestamptz").format(col["end_column"],
                                                                 col["start_column"])
+    end_time = sql.SQL("l.{}::timestamptz").format(col["end_column"])
     started = sql.SQL("l.{}::timestamptz").format(col["start_column"])
     success = sql.SQL("l.{} = {}").format(col["status_column"], sql.Literal(o["success_value"]))
     running = sql.SQL("l.{} = {}").format(col["status_column"], sql.Literal(o["running_value"]))
@@ -197,7 +206,8 @@ def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
         if col["type_column"] is not None else sql.SQL("NULL::text")
     verified = col["verified_column"] is not None
     query = sql.SQL("""
-        SELECT c.{name}::text AS backup_name, {type_expr} AS backup_type,
+        SELECT c.{name}::text AS backup_name, c.{id}::text AS backup_id,
+               {type_expr} AS backup_type,
                extract(epoch FROM s.ended)::float8 AS last_success,
                extract(epoch FROM now() - s.ended)::float8 AS age,
                s.size::float8 AS last_size,
@@ -212,8 +222,9 @@ def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
                extract(epoch FROM v.at)::float8 AS restore_at
         FROM {configs} c
         LEFT JOIN LATERAL (
-            SELECT {ended} AS ended, {started} AS started, {size} AS size FROM {log}
-            WHERE {same} AND {success} ORDER BY 1 DESC NULLS LAST LIMIT 1) s ON true
+            SELECT {end_time} AS ended, {started} AS started, {size} AS size FROM {log}
+            WHERE {same} AND {success} AND l.{end} IS NOT NULL
+            ORDER BY 1 DESC LIMIT 1) s ON true
         LEFT JOIN LATERAL (
             SELECT avg(x.size) AS avg_size FROM (
                 SELECT {size} AS size FROM {log} WHERE {same} AND {success}
@@ -237,7 +248,8 @@ def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
             ORDER BY {ended} DESC NULLS LAST LIMIT 1) v ON {has_verified}
         {enabled}
         ORDER BY 1""").format(
-        name=col["name_column"], type_expr=type_expr,
+        name=col["name_column"], id=col["id_column"], type_expr=type_expr,
+        end_time=end_time,
         configs=sql.SQL("{}.{}").format(sql.Identifier(o["schema"]),
                                         sql.Identifier(o["configurations_table"])),
         ended=ended, started=started, size=log_col("size_column"), log=log, same=same,
@@ -258,13 +270,26 @@ def _status_family(known: Mapping[str, str], statuses: Mapping[str, str], target
                    ) -> Metric:
     family = gauge("hiw_backup_status",
                    "Backup health, one-hot: healthy (< warning_after), warning, critical "
-                   "(>= critical_after or never succeeded), unknown (backup tables unreadable).",
+                   "(>= critical_after or never succeeded), unknown (backup tables unreadable "
+                   "past stale_after), future (the last success ends after now).",
                    [*LABELS, "status"])
     for name, kind in sorted(known.items()):
         for status in STATUSES:
             family.add_metric([target, name, kind, status],
                               1.0 if statuses[name] == status else 0.0)
     return family
+
+
+def backup_label(row: Mapping[str, Any]) -> str:
+    """The backup_name label: the name, or UNNAMED with the configuration's id.
+
+    >>> backup_label({"backup_name": "nightly", "backup_id": "1"})
+    'nightly'
+    >>> backup_label({"backup_name": None, "backup_id": "7"})
+    '(unnamed, id 7)'
+    """
+    name = row["backup_name"]
+    return str(name) if name is not None else UNNAMED.format(id=row["backup_id"])
 
 
 def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
@@ -281,7 +306,11 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     last = fam("hiw_backup_last_success_timestamp_seconds",
                "End of the newest successful run (absent when it never succeeded).")
     age = fam("hiw_backup_age_seconds",
-              "Age of the newest successful run on the database clock (absent when never).")
+              "Age of the newest successful run on the database clock (absent when never; "
+              "negative when it ends in the future).")
+    future = fam("hiw_backup_last_success_in_future",
+                 "1 when the newest successful run ends after the database's now (a clock "
+                 "or time-zone error in the writer): its status is future.")
     never = fam("hiw_backup_never_succeeded", "1 when the backup has no successful run.")
     warn = fam("hiw_backup_warning_threshold_seconds", "Age at which the status is warning.")
     crit = fam("hiw_backup_critical_threshold_seconds", "Age at which the status is critical.")
@@ -309,7 +338,7 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     current: dict[str, str] = {}
     newest_age: float | None = None
     for row in backups:
-        name, kind = row["backup_name"], row["backup_type"] or ""
+        name, kind = backup_label(row), str(row["backup_type"] or "")
         labels = [t, name, kind]
         current[name] = kind
         thresholds = per_name.get(name, default)
@@ -317,10 +346,12 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
         warn.add_metric(labels, thresholds.warning_after)
         crit.add_metric(labels, thresholds.critical_after)
         never.add_metric(labels, 1.0 if row["last_success"] is None else 0.0)
+        future.add_metric(labels, 1.0 if statuses[name] == "future" else 0.0)
         if row["last_success"] is not None:
             last.add_metric(labels, row["last_success"])
-            age.add_metric(labels, max(0.0, row["age"]))
-            newest_age = row["age"] if newest_age is None else min(newest_age, row["age"])
+            age.add_metric(labels, row["age"])  # negative when in the future: not hidden
+            if row["age"] >= 0:  # a success in the future proves no recovery point
+                newest_age = row["age"] if newest_age is None else min(newest_age, row["age"])
             if row["last_size"] is not None:
                 size.add_metric(labels, row["last_size"])
             if row["last_duration"] is not None:
@@ -345,19 +376,20 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
                                else 0.0)
     state.known = current
     yield _status_family(current, statuses, t)
-    yield from (last, age, never, warn, crit, size, duration, average, failures, outcome,
-                last_run, running, running_for)
+    yield from (last, age, never, future, warn, crit, size, duration, average, failures,
+                outcome, last_run, running, running_for)
 
     configured = gauge("hiw_backups_configured", "Backups configured (and enabled).")
     configured.add_metric([t], float(len(current)))
     rpo = gauge("hiw_backup_rpo_target_seconds", "Recovery point objective (rpo_target).")
     rpo.add_metric([t], o["rpo_target"])
     newest = gauge("hiw_backup_newest_success_age_seconds",
-                   "Age of the newest successful backup of any configuration.")
+                   "Age of the newest successful backup of any configuration (successes "
+                   "that end in the future do not count).")
     rpo_met = gauge("hiw_backup_rpo_met",
                     "1 when the newest successful backup is younger than rpo_target.")
     if newest_age is not None:
-        newest.add_metric([t], max(0.0, newest_age))
+        newest.add_metric([t], newest_age)
     rpo_met.add_metric([t], 1.0 if newest_age is not None and newest_age < o["rpo_target"]
                        else 0.0)
     rto = gauge("hiw_backup_rto_target_seconds", "Recovery time objective (rto_target).")
@@ -374,7 +406,8 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
 
 def on_failure(target: str, state: BackupsState, options: Mapping[str, Any],
                reason: str) -> Iterator[Metric]:
-    """While the tables cannot be read: every backup seen before is ``unknown``."""
+    """Once the last good series are stale and runs still fail: every backup seen
+    before is ``unknown`` (``Sample.served`` decides when this is shown)."""
     yield _status_family(state.known, dict.fromkeys(state.known, "unknown"), target)
 
 

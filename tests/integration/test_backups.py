@@ -69,8 +69,16 @@ class BackupDb:
         settings = replace(settings, options=MappingProxyType({**settings.options, **options}))
         return run_collection(self.target, BY_NAME["backups"], settings, self.store, self.state)
 
-    def text(self) -> str:
-        return Exposition(self.store).get().body.decode()
+    def text(self, at: float | None = None) -> str:
+        """The exposition now, or as a scrape at Unix time ``at`` would see it."""
+        clock = time.time if at is None else (lambda: at)
+        return Exposition(self.store, clock).get().body.decode()
+
+    def stale_at(self) -> float:
+        """A moment when the last success is past stale_after (180 s here)."""
+        (record,) = self.store.view()[2]
+        assert record.last_success_at is not None
+        return record.last_success_at + record.stale_after + 1
 
     def close(self) -> None:
         self.target.close()
@@ -87,7 +95,7 @@ def db(pg):
 
 
 def status_of(text: str, name: str) -> str:
-    states = [s for s in ("healthy", "warning", "critical", "unknown")
+    states = [s for s in ("healthy", "warning", "critical", "unknown", "future")
               if sample(text, "hiw_backup_status", backup_name=name, status=s) == 1]
     assert len(states) == 1, (name, states)
     return states[0]
@@ -110,14 +118,19 @@ def test_statuses_follow_the_review_thresholds(db):
     add_run(c, running, "completed", 3)
     c.execute("INSERT INTO backup_execution_log (backup_config_id, status, start_time) "
               "VALUES (%s, 'running', now() - interval '20 minutes')", [running])
-    # a success whose end_time was never written: its start time counts (conservative)
+    # a success whose end_time was never written does not count: MAX(end_time) ignores it
     c.execute("INSERT INTO backup_execution_log (backup_config_id, status, start_time) "
               "VALUES (%s, 'completed', now() - interval '30 hours')", [no_end])
+    older_end = add_backup(c, "older_end")
+    add_run(c, older_end, "completed", 30, size=7)
+    c.execute("INSERT INTO backup_execution_log (backup_config_id, status, start_time, "
+              "backup_size_bytes) VALUES (%s, 'completed', now() - interval '1 hour', 9)",
+              [older_end])
     assert db.collect().error is None
     text = db.text()
     expected = {"fresh": "healthy", "day_old": "warning", "stale": "critical",
                 "never": "critical", "empty": "critical", "broke": "healthy",
-                "running": "healthy", "no_end": "warning"}
+                "running": "healthy", "no_end": "critical", "older_end": "warning"}
     assert {name: status_of(text, name) for name in expected} == expected
     assert sample(text, "hiw_backup_never_succeeded", backup_name="never") == 1
     assert sample(text, "hiw_backup_never_succeeded", backup_name="empty") == 1
@@ -136,7 +149,12 @@ def test_statuses_follow_the_review_thresholds(db):
         pytest.approx(1200, abs=60)
     assert sample(text, "hiw_backup_last_run_status", backup_name="running", status="running") == 1
     assert sample(text, "hiw_backup_rpo_met") == 1  # "fresh" is younger than 24 h
-    assert sample(text, "hiw_backups_configured") == 8
+    assert sample(text, "hiw_backups_configured") == 9
+    assert sample(text, "hiw_backup_never_succeeded", backup_name="no_end") == 1
+    assert sample(text, "hiw_backup_age_seconds", backup_name="no_end") is None
+    assert sample(text, "hiw_backup_age_seconds", backup_name="older_end") == \
+        pytest.approx(30 * 3600, abs=60)
+    assert sample(text, "hiw_backup_last_size_bytes", backup_name="older_end") == 7
 
 
 def test_per_name_thresholds(db):
@@ -223,9 +241,11 @@ def test_unreadable_tables_report_known_backups_as_unknown(db):
     failed = db.collect()
     assert failed.error.code == "permission_denied"
     assert "GRANT SELECT ON public.backup_execution_log TO hiw_monitor" in failed.error.text
-    text = db.text()
+    assert sample(db.text(), "hiw_collector_up", collector="backups") == 0
+    text = db.text(at=db.stale_at())
     assert status_of(text, "nightly") == "unknown"  # not vanished, not still "healthy"
     assert sample(text, "hiw_collector_up", collector="backups") == 0
+    assert sample(text, "hiw_backup_age_seconds", backup_name="nightly") is None
     db.conn.execute("GRANT SELECT ON backup_execution_log TO hiw_monitor")
     assert db.collect().error is None
     assert status_of(db.text(), "nightly") == "healthy"
@@ -236,7 +256,7 @@ def test_dropped_table_keeps_reporting_unknown(db):
     assert db.collect().error is None
     db.conn.execute("DROP TABLE backup_execution_log")
     assert db.collect().error.code == "undefined_table"
-    assert status_of(db.text(), "nightly") == "unknown"
+    assert status_of(db.text(at=db.stale_at()), "nightly") == "unknown"
 
 
 def test_a_new_success_turns_critical_into_healthy_while_running(pg, tmp_path):
@@ -314,3 +334,85 @@ def test_the_error_never_leaks_row_values(db):
     assert "disk" not in text
     assert sample(text, "hiw_backup_last_run_status", backup_name="nightly",
                   status="failure") == 1
+
+
+# --- issue 10: a failed poll, NULL names, successes in the future -----------------------
+
+
+def test_a_failed_poll_keeps_the_last_good_series_until_they_are_stale(db):
+    """A transient failure (here lock_timeout: the app holds ACCESS EXCLUSIVE) changes
+    nothing a page depends on; only past stale_after do the backups turn unknown."""
+    stale = add_backup(db.conn, "stale")
+    add_run(db.conn, stale, "completed", 50)
+    assert db.collect().error is None
+    assert status_of(db.text(), "stale") == "critical"
+    holder = db.server.cluster.connect(db.name)
+    holder.execute("BEGIN")
+    holder.execute("LOCK TABLE backup_execution_log IN ACCESS EXCLUSIVE MODE")
+    try:
+        failed = db.collect()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert failed.error.code == "lock_timeout"
+    assert failed.last_success_at is not None
+    fresh = db.text(at=failed.last_success_at + 1)
+    assert sample(fresh, "hiw_collector_up", collector="backups") == 0
+    assert status_of(fresh, "stale") == "critical"  # what HiwBackupStaleCritical needs
+    assert sample(fresh, "hiw_backup_age_seconds", backup_name="stale") == \
+        pytest.approx(50 * 3600, abs=60)
+    stale_text = db.text(at=db.stale_at())
+    assert status_of(stale_text, "stale") == "unknown"
+    assert sample(stale_text, "hiw_backup_age_seconds", backup_name="stale") is None
+    assert db.collect().error is None
+    assert status_of(db.text(), "stale") == "critical"
+
+
+def test_null_backup_names_are_labelled_and_never_break_metrics(pg):
+    database = BackupDb(pg, SEED_SCHEMA.replace("backup_name text NOT NULL", "backup_name text"))
+    try:
+        c = database.conn
+        only = c.execute("INSERT INTO backup_configurations (backup_name) VALUES (NULL) "
+                         "RETURNING id").fetchone()[0]
+        add_run(c, only, "completed", 2)
+        # alone: the one row's series render
+        assert database.collect().error is None
+        assert status_of(database.text(), f"(unnamed, id {only})") == "healthy"
+        # among named backups: every backup is still collected and served
+        named = add_backup(c, "nightly")
+        add_run(c, named, "completed", 30)
+        second = c.execute("INSERT INTO backup_configurations (backup_name, backup_type) "
+                           "VALUES (NULL, NULL) RETURNING id").fetchone()[0]
+        assert database.collect().error is None
+        text = database.text()
+        assert status_of(text, "nightly") == "warning"
+        assert status_of(text, f"(unnamed, id {only})") == "healthy"
+        assert status_of(text, f"(unnamed, id {second})") == "critical"
+        assert sample(text, "hiw_backups_configured") == 3
+        assert sample(text, "hiw_exposition_dropped_families_total") is None
+        # and the unknown fallback covers them too
+        c.execute("REVOKE SELECT ON backup_execution_log FROM hiw_monitor")
+        assert database.collect().error.code == "permission_denied"
+        assert status_of(database.text(at=database.stale_at()),
+                         f"(unnamed, id {second})") == "unknown"
+    finally:
+        database.close()
+
+
+def test_a_success_that_ends_in_the_future_is_reported_as_such(db):
+    skewed, nightly = add_backup(db.conn, "skewed"), add_backup(db.conn, "nightly")
+    add_run(db.conn, skewed, "completed", 30)
+    add_run(db.conn, skewed, "completed", -3)  # end_time 3 h ahead of the database clock
+    add_run(db.conn, nightly, "completed", 2)
+    assert db.collect().error is None
+    text = db.text()
+    assert status_of(text, "skewed") == "future"
+    assert status_of(text, "nightly") == "healthy"
+    assert sample(text, "hiw_backup_last_success_in_future", backup_name="skewed") == 1
+    assert sample(text, "hiw_backup_last_success_in_future", backup_name="nightly") == 0
+    assert sample(text, "hiw_backup_age_seconds", backup_name="skewed") == \
+        pytest.approx(-3 * 3600, abs=60)  # not clamped to 0
+    assert sample(text, "hiw_backup_last_success_timestamp_seconds", backup_name="skewed") > \
+        time.time() + 2 * 3600
+    assert sample(text, "hiw_backup_newest_success_age_seconds") == \
+        pytest.approx(2 * 3600, abs=60)
