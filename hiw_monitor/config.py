@@ -8,7 +8,7 @@ a frozen :class:`Config`. Nothing here connects to a database.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -363,6 +363,20 @@ def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetC
     )
 
 
+SettingsCheck = Callable[[float, float, Mapping[str, Any]], list[tuple[str, str, str]]]
+
+
+def _bloat_check() -> SettingsCheck:
+    from hiw_monitor.collectors.bloat import check_settings
+
+    return check_settings
+
+
+# Checks across a collector's options, interval and timeout (options that cannot fit the
+# collector's time budget): collector name -> a function returning the check.
+_SETTINGS_CHECKS: dict[str, Callable[[], SettingsCheck]] = {"bloat": _bloat_check}
+
+
 def _collectors(
     raw: Any, walk: _Walk, known: Mapping[str, Collector]
 ) -> dict[str, CollectorSettings]:
@@ -393,6 +407,10 @@ def _collectors(
                 options[key] = walk.option(entry[key], f"{path}.{key}", spec)
             else:
                 options[key] = spec.default
+        check = _SETTINGS_CHECKS.get(name)
+        if check is not None and enabled:
+            for key, problem, fix in check()(interval, timeout, options):
+                walk.fail(f"{path}.{key}", problem, fix)
         result[name] = CollectorSettings(
             name=name, enabled=bool(enabled), interval=interval, timeout=timeout,
             stale_after=stale_after or 3 * interval, options=MappingProxyType(options),

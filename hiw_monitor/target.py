@@ -2,8 +2,9 @@
 
 Every safety setting lives here: autocommit, ``application_name=hiw_monitor``,
 ``connect_timeout``, ``statement_timeout``, ``lock_timeout`` and read-only transactions,
-TCP keepalives, reconnect with exponential backoff and full jitter, and a lock so that
-the collectors of one target take turns on its connection.
+TCP keepalives, a client-side deadline on every round trip to the server, reconnect
+with exponential backoff and full jitter, and a lock so that the collectors of one
+target take turns on its connection.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import structlog
+from psycopg.abc import PQGen
 from psycopg.rows import dict_row
 
 from hiw_monitor.collectors.base import ServerInfo
@@ -27,8 +29,11 @@ from hiw_monitor.errors import Reason, TargetUnavailable, classify
 APPLICATION_NAME = "hiw_monitor"
 # statement_timeout is enforced by the server; if the network stalls (packets dropped,
 # a proxy that stops forwarding without closing), no answer ever comes and TCP keepalives
-# see nothing wrong. So every collection also has a client-side deadline: its timeout
-# plus this grace, after which the socket is shut down and the target marked down.
+# see nothing wrong. So every round trip to the server (each statement, BEGIN, COMMIT,
+# savepoint) also has a client-side deadline: the statement timeout plus this grace,
+# after which the socket is shut down and the target marked down. The deadline is per
+# statement, not per collection: a collection may run many statements (bloat's exact
+# mode measures table after table within its own budget).
 CLIENT_GRACE = 5.0
 log = structlog.get_logger("hiw_monitor.target")
 
@@ -43,6 +48,88 @@ SELECT current_setting('server_version_num')::int AS version_num,
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+class _Watchdog:
+    """A re-armable client-side deadline, served by one daemon thread per target.
+
+    ``arm(conn, seconds)`` before a round trip, ``disarm()`` after it; when a deadline
+    passes while armed, ``expire(conn, seconds)`` runs in the watchdog's thread.
+    """
+
+    def __init__(self, name: str, expire: Callable[[psycopg.Connection[Any], float], None]
+                 ) -> None:
+        self._name = name
+        self._expire = expire
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._seconds = 0.0
+        self._generation = 0  # bumped by close(): the running thread then exits
+        self._running = False
+
+    def arm(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+        with self._cond:
+            self._deadline = time.monotonic() + seconds
+            self._conn, self._seconds = conn, seconds
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, args=(self._generation,),
+                                 name=f"hiw-watchdog-{self._name}", daemon=True).start()
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None
+            self._conn = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._running = False
+            self._deadline = None
+            self._conn = None
+            self._cond.notify_all()
+
+    def _run(self, generation: int) -> None:
+        with self._cond:
+            while generation == self._generation:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                conn, seconds = self._conn, self._seconds
+                self._deadline = None
+                self._conn = None
+                if conn is not None:
+                    self._cond.release()
+                    try:
+                        self._expire(conn, seconds)
+                    finally:
+                        self._cond.acquire()
+
+
+class _WatchedConnection(psycopg.Connection[dict[str, Any]]):
+    """A connection whose every round trip to the server is bounded by a client-side
+    deadline: psycopg runs each statement, BEGIN, COMMIT and savepoint of a connection
+    through ``Connection.wait()``, so this is where a deadline is armed per statement
+    (tests/integration/test_faults_more.py checks that it is)."""
+
+    watchdog: _Watchdog | None = None
+    deadline: float | None = None  # seconds per round trip; None: no client deadline
+
+    def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+        watchdog, deadline = self.watchdog, self.deadline
+        if watchdog is None or deadline is None:
+            return super().wait(gen, *args, **kwargs)
+        watchdog.arm(self, deadline)
+        try:
+            return super().wait(gen, *args, **kwargs)
+        finally:
+            watchdog.disarm()
 
 
 class Target:
@@ -62,10 +149,12 @@ class Target:
         self._next_attempt = 0.0
         self._state_lock = threading.Lock()  # guards _conn for cancel() from other threads
         self._aborted: psycopg.Connection[Any] | None = None  # the last watchdog victim
+        self._aborted_after = 0.0  # ... and the deadline it missed, in seconds
+        self._watchdog = _Watchdog(self.name, self._abort)
 
     # --- connecting ---------------------------------------------------------------------
 
-    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+    def _connect(self) -> _WatchedConnection:
         s = self.settings
         options = (
             f"-c statement_timeout={_ms(s.statement_timeout)} "
@@ -87,7 +176,10 @@ class Target:
         password = self.config.resolve_password()
         if password is not None:
             kwargs["password"] = password
-        return psycopg.connect(self.config.conninfo, **kwargs)
+        conn = _WatchedConnection.connect(self.config.conninfo, **kwargs)
+        conn.watchdog = self._watchdog
+        conn.deadline = s.statement_timeout + CLIENT_GRACE  # the session's default
+        return conn
 
     def _ensure_connected(self) -> psycopg.Connection[dict[str, Any]]:
         conn = self._conn
@@ -100,11 +192,15 @@ class Target:
                 self.last_error.code,
                 f"{self.last_error.text} (next reconnect in {self._next_attempt - now:.1f}s)",
             ))
+        conn = None
         try:
             conn = self._connect()
             row = conn.execute(_SERVER_INFO_SQL).fetchone()
         except (psycopg.Error, OSError) as exc:
-            self._mark_down(exc)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._mark_down(self._client_timeout(conn, exc))
             raise TargetUnavailable(self.last_error or classify(exc)) from exc
         assert row is not None
         self.server = ServerInfo(
@@ -150,15 +246,19 @@ class Target:
     def transaction(self, timeout: float) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
         """One short read-only transaction with ``statement_timeout`` set to ``timeout``.
 
-        The caller must hold ``self.lock``. A connection-level failure closes the
-        connection and marks the target down; the next call reconnects (with backoff
-        after repeated failures). Query errors propagate unchanged.
+        Every round trip to the server in it (each statement, BEGIN, COMMIT, savepoints)
+        has a client-side deadline of ``timeout`` plus :data:`CLIENT_GRACE`; the sum of
+        a collection's statements is not bounded here (the collector's options are
+        validated to fit its schedule). The caller must hold ``self.lock``. A
+        connection-level failure closes the connection and marks the target down; the
+        next call reconnects (with backoff after repeated failures). Query errors
+        propagate unchanged.
         """
         conn = self._ensure_connected()
-        deadline = timeout + CLIENT_GRACE
-        watchdog = threading.Timer(deadline, self._abort, args=(conn, deadline))
-        watchdog.daemon = True
-        watchdog.start()
+        watched = conn if isinstance(conn, _WatchedConnection) else None
+        session_deadline = watched.deadline if watched is not None else None
+        if watched is not None:
+            watched.deadline = timeout + CLIENT_GRACE
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)",
@@ -167,12 +267,7 @@ class Target:
         except psycopg.Error as exc:
             if conn.broken or conn.closed:  # the connection is gone, not just this query
                 self._drop()
-                failure: BaseException = exc
-                if self._aborted is conn:
-                    failure = TargetUnavailable(Reason(
-                        "client_timeout",
-                        f"no answer from the server within {deadline:g}s (network stall?); "
-                        "closed the connection"))
+                failure = self._client_timeout(conn, exc)
                 self._mark_down(failure)
                 # a connection that worked until now gets one immediate retry
                 if self._failures == 1:
@@ -181,11 +276,22 @@ class Target:
                     raise failure from exc
             raise
         finally:
-            watchdog.cancel()
+            if watched is not None:
+                watched.deadline = session_deadline
+
+    def _client_timeout(self, conn: psycopg.Connection[Any] | None, exc: BaseException
+                        ) -> BaseException:
+        """The failure to record: ``client_timeout`` when the watchdog closed ``conn``."""
+        if conn is None or self._aborted is not conn:
+            return exc
+        return TargetUnavailable(Reason(
+            "client_timeout",
+            f"no answer from the server within {self._aborted_after:g}s for one statement "
+            "(network stall?); closed the connection"))
 
     def _abort(self, conn: psycopg.Connection[Any], deadline: float) -> None:
         """Client-side deadline passed: shut the socket down so the blocked read returns."""
-        self._aborted = conn
+        self._aborted, self._aborted_after = conn, deadline
         log.warning("client_timeout", target=self.name, deadline_s=deadline)
         with contextlib.suppress(OSError, psycopg.Error):
             fd = conn.fileno()
@@ -202,4 +308,5 @@ class Target:
 
     def close(self) -> None:
         self._drop()
+        self._watchdog.close()
         self.up = False

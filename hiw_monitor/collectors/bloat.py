@@ -164,6 +164,42 @@ OPTIONS: dict[str, Option] = {
 }
 
 
+def check_settings(interval: float, timeout: float, options: Mapping[str, Any]
+                   ) -> list[tuple[str, str, str]]:
+    """Exact-mode options that cannot fit the collector's time budget, as (option, problem,
+    fix). Each pgstattuple call is one statement of the run, under the client-side deadline
+    of the collector's ``timeout``; the whole exact budget, after the estimate queries,
+    must fit in the ``interval`` so that runs keep to their schedule.
+
+    >>> check_settings(900, 60, {"exact": True, "exact_timeout": 10, "exact_budget": 20})
+    []
+    >>> [key for key, _, _ in check_settings(60, 5, {"exact": True, "exact_timeout": 10,
+    ...                                             "exact_budget": 58})]
+    ['exact_timeout', 'exact_budget']
+    >>> check_settings(60, 5, {"exact": False, "exact_timeout": 10, "exact_budget": 58})
+    []
+    """
+    if not options.get("exact"):
+        return []  # the exact options are not used
+    problems = []
+    exact_timeout, budget = options.get("exact_timeout"), options.get("exact_budget")
+    if exact_timeout is not None and exact_timeout > timeout:
+        problems.append((
+            "exact_timeout",
+            f"{exact_timeout:g}s is longer than the collector's timeout ({timeout:g}s), the "
+            "client-side deadline of every statement, pgstattuple calls included",
+            f"set exact_timeout to at most {timeout:g}s, or raise collectors.bloat.timeout"))
+    if budget is not None and budget + timeout > interval:
+        fix = (f"set exact_budget to at most {interval - timeout:g}s, or raise "
+               "collectors.bloat.interval" if interval > timeout
+               else "raise collectors.bloat.interval above its timeout")
+        problems.append((
+            "exact_budget",
+            f"{budget:g}s plus the estimate queries' timeout ({timeout:g}s) does not fit "
+            f"in the interval ({interval:g}s): every run would overrun its schedule", fix))
+    return problems
+
+
 # --- state: the exact mode's round, kept between runs --------------------------------------
 
 

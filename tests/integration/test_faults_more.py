@@ -3,6 +3,7 @@ locks held by others, and a server with no free connection slot."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -12,11 +13,19 @@ from conftest import HIW_DB, MONITOR_PASSWORD, start_server
 from helpers import agent_connections, http_get, running_agent, sample, wait_for
 from proxy import StallingProxy
 
+from hiw_monitor import target as target_module
 from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import BY_NAME
 from hiw_monitor.collectors.base import Collector, VersionedSQL
-from hiw_monitor.config import CollectorSettings, Overrides, load
+from hiw_monitor.config import (
+    CollectorSettings,
+    ConnectionSettings,
+    Overrides,
+    TargetConfig,
+    load,
+)
 from hiw_monitor.snapshot import SnapshotStore
+from hiw_monitor.target import Target
 
 pytestmark = pytest.mark.integration
 
@@ -207,4 +216,95 @@ def test_no_free_connection_slot(tmp_path):
     finally:
         for conn in hogs:
             conn.close()
+        server.cluster.destroy()
+
+
+def _multi_statement(statements: list[str], before_commit=None) -> Collector:
+    """A collector whose run executes several statements (one inside a savepoint, as
+    bloat's exact mode does), then optionally calls ``before_commit``."""
+
+    def fetch(cur, ctx):
+        for index, statement in enumerate(statements):
+            if index == 1:
+                with cur.connection.transaction():  # SAVEPOINT ... RELEASE
+                    cur.execute(statement)
+            else:
+                cur.execute(statement)
+        if before_commit is not None:
+            before_commit()
+        return {}
+
+    return Collector(name="multi", help="", interval=60, timeout=2, queries={},
+                     transform=lambda rows, ctx: [], fetch=fetch)
+
+
+MULTI = CollectorSettings(name="multi", enabled=True, interval=60, timeout=2,
+                          stale_after=180, options={})
+
+
+def test_client_deadline_is_per_statement_not_per_collection(pg, monkeypatch):
+    """Six statements of 0.8 s each (4.8 s) under a 2 s statement timeout and a 1 s
+    grace: each statement fits its 3 s deadline, their sum does not, and that is fine."""
+    monkeypatch.setattr(target_module, "CLIENT_GRACE", 1.0)
+    store = SnapshotStore()
+    target = pg.target("db")
+    store.register("db", target.redacted, "multi", 60, 180)
+    try:
+        outcome = run_collection(target, _multi_statement(["SELECT pg_sleep(0.8)"] * 6),
+                                 MULTI, store)
+        assert outcome.error is None, outcome.error
+        assert target.up
+        again = run_collection(target, _multi_statement(["SELECT 1"]), MULTI, store)
+        assert again.error is None  # same connection, still healthy
+    finally:
+        target.close()
+
+
+def _stalling_fetch(where: str, proxy: StallingProxy):
+    def fetch(cur, ctx):
+        cur.execute("SELECT 1")
+        if where == "statement":
+            proxy.stall()
+            cur.execute("SELECT 2")  # never answered
+        elif where == "savepoint":
+            proxy.stall()
+            with cur.connection.transaction():  # the SAVEPOINT is never answered
+                cur.execute("SELECT 2")
+        else:
+            cur.execute("SELECT 2")
+            proxy.stall()  # the COMMIT is never answered
+        return {}
+
+    return fetch
+
+
+@pytest.mark.parametrize("where", ["statement", "savepoint", "commit"])
+def test_stall_within_a_collection_is_a_client_timeout(where, monkeypatch):
+    """The network stalls in the middle of a collection (before a statement, before a
+    savepoint, or before COMMIT): that round trip misses its deadline, the target goes
+    down with reason client_timeout, and comes back once the network does."""
+    monkeypatch.setattr(target_module, "CLIENT_GRACE", 1.0)
+    server = start_server("pg15")
+    proxy = StallingProxy(server.cluster.port)
+    store = SnapshotStore()
+    target = Target(TargetConfig("stalled", monitor_dsn(server, proxy.port)),
+                    ConnectionSettings(connect_timeout=2, backoff_initial=0.1,
+                                       backoff_max=0.2))
+    store.register("stalled", target.redacted, "multi", 60, 180)
+    healthy = _multi_statement(["SELECT 1"])
+    try:
+        assert run_collection(target, healthy, MULTI, store).error is None
+        stalling = dataclasses.replace(healthy, fetch=_stalling_fetch(where, proxy))
+        failed = run_collection(target, stalling, MULTI, store)
+        assert failed.error is not None
+        assert failed.error.code == "client_timeout", failed.error
+        assert "for one statement" in failed.error.text
+        assert not target.up
+        proxy.resume()
+        wait_for(lambda: run_collection(target, healthy, MULTI, store).error is None,
+                 timeout=30, what="recovery after the stall")
+        assert target.up
+    finally:
+        target.close()
+        proxy.close()
         server.cluster.destroy()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -575,3 +577,55 @@ def test_target_repr_shows_no_connection_secret(tmp_path):
                   environ={})
     assert SECRET_CANARY not in repr(config.targets[0])
     assert SECRET_CANARY not in repr(config)
+
+
+# --- options that cannot fit a collector's time budget -------------------------------------
+
+
+def test_bloat_exact_timeout_longer_than_the_collector_timeout(tmp_path):
+    error = load_error(tmp_path, """
+        collectors:
+          bloat: {exact: true, timeout: 5s, exact_timeout: 10s}
+    """, dsn=DSN)
+    (problem,) = all_problems(error)
+    assert problem.path == "collectors.bloat.exact_timeout"
+    assert "longer than the collector's timeout (5s)" in problem.problem
+    assert "at most 5s" in problem.fix
+
+
+def test_bloat_exact_budget_that_cannot_fit_the_interval(tmp_path):
+    error = load_error(tmp_path, """
+        collectors:
+          bloat: {exact: true, interval: 1m, timeout: 20s, exact_budget: 50s}
+    """, dsn=DSN)
+    (problem,) = all_problems(error)
+    assert problem.path == "collectors.bloat.exact_budget"
+    assert "interval (60s)" in problem.problem
+    assert "at most 40s" in problem.fix
+
+
+@pytest.mark.parametrize("text", [
+    "collectors:\n  bloat: {exact: true}\n",  # defaults fit
+    "collectors:\n  bloat: {timeout: 5s, interval: 30s}\n",  # exact off: its options unused
+    "collectors:\n  bloat: {enabled: false, exact: true, timeout: 5s}\n",
+    "collectors:\n  bloat: {exact: true, interval: 1m, timeout: 10s, exact_timeout: 10s,"
+    " exact_budget: 50s}\n",  # exactly fits
+])
+def test_bloat_exact_options_that_fit(tmp_path, text):
+    load_file(write(tmp_path, text), dsn=DSN)
+
+
+def test_budget_errors_exit_2_from_the_cli(tmp_path):
+    path = write(tmp_path, """
+        collectors:
+          bloat: {exact: true, interval: 1m, timeout: 30s, exact_timeout: 45s,
+                  exact_budget: 45s}
+    """)
+    result = subprocess.run([sys.executable, "-m", "hiw_monitor", "validate-config", path],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    err = result.stderr
+    assert "collectors.bloat.exact_timeout" in err
+    assert "collectors.bloat.exact_budget" in err
+    assert "fix:" in err
+    assert "Traceback" not in err
