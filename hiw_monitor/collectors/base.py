@@ -115,7 +115,7 @@ class Collector:
     min_version: int = 130000
     fetch: Fetch | None = None  # replaces running ``queries`` when set
     new_state: Callable[[], Any] | None = None  # per-(target, collector) memory, if any
-    # Families served *instead of* the last good ones while runs fail (never stale): how
+    # Families served instead of the last good ones once those are stale while runs fail: how
     # the backups collector keeps reporting known backups as "unknown" when it goes blind.
     on_failure: OnFailure | None = None
 
