@@ -11,12 +11,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import settings
 
 from hiw_monitor.config import ConnectionSettings, TargetConfig
 from hiw_monitor.demo.cluster import Binaries, Cluster, embedded_binaries, system_binaries
 from hiw_monitor.target import Target
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Property tests judge results, never speed: no per-example deadline (hypothesis's own CI
+# profile has none either; a new user's machine is not CI). Without it an example over
+# 200 ms, or data generation over 1 s (too_slow), fails on a busy machine with no bug
+# behind it. Loaded before any test module, so every @settings(...) inherits it; the
+# per-test timeout in pyproject.toml still catches a hang. See docs/testing.md.
+settings.register_profile("hiw", settings.default, deadline=None)
+settings.load_profile("hiw")
+
 MONITOR_PASSWORD = "monitor-test-pw"
 HIW_DB = "heroes_in_waiting"
 VERSIONS = ("pg15", "pg18")

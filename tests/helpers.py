@@ -28,7 +28,8 @@ class Response:
         return self.body.decode()
 
 
-def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10) -> Response:
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> Response:
+    """One GET; ``timeout`` is a hang guard (a loaded machine answers slowly, not never)."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
@@ -62,8 +63,12 @@ def value(sample, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels} in {[f.name for f in sample.families]}")
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 30, every: float = 0.2,
+def wait_for(check: Callable[[], bool], timeout: float = 60, every: float = 0.2,
              what: str = "condition") -> None:
+    """Poll ``check`` until it holds. ``timeout`` bounds a hang, it is not the verdict:
+    keep it generous (tens of seconds, well above what the condition needs on a slow
+    machine) so that a busy or small CI runner never fails a test by being slow. A test
+    asserts that something happens, never how fast; speed belongs to bench/."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -103,3 +108,11 @@ def agent_connections(admin_conn) -> int:
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hiw_monitor'"
     ).fetchone()
     return int(row[0])
+
+
+def wait_for_agent_connections(admin_conn, count: int, timeout: float = 60) -> None:
+    """Wait until the agent holds ``count`` server-side connections. A backend leaves
+    pg_stat_activity a moment after its client closes the connection, not at once, so
+    "none left after stop" is checked by polling; a leaked connection stays and fails."""
+    wait_for(lambda: agent_connections(admin_conn) == count, timeout=timeout,
+             what=f"{count} agent connection(s) in pg_stat_activity")
