@@ -1,18 +1,24 @@
 """Load on the HTTP side: many concurrent scrapers, and slow or stalled clients.
 
 The agent runs in-process with every collector at a 1 s interval, so collections write
-the snapshot while the scrapes read it. Loopback only; each test is bounded (fixed
-request counts, client timeouts). Latencies are printed (``pytest -s``), never asserted.
+the snapshot while the scrapes read it. Loopback only. Each test is bounded by what it
+does (a fixed number of requests, slow clients that trickle until told to stop), never by
+how fast the machine does it: the verdict is the errors of the requests made, and the
+time limits are hang guards far above what a slow machine needs (docs/testing.md).
+Latencies are printed (``pytest -s``), never asserted: scrape speed is measured by
+bench/scrape.py (sequential, docs/performance.md) and bench/peer.py (concurrent,
+docs/peer-benchmark.md).
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
 import socket
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from urllib.parse import urlsplit
 
 import pytest
@@ -31,8 +37,12 @@ PARSE_EVERY = 100
 SLOW_CLIENTS = 20
 TRICKLE_EVERY = 0.5  # seconds between two bytes of a slow client
 NORMAL_REQUESTS = 50
-CLIENT_TIMEOUT = 5.0
-LOAD_DEADLINE = 40.0  # seconds: requests not started by then count as errors (bounds the test)
+# Hang guards, not verdicts. A request unanswered after a minute is hung, not slow (a
+# blocked server never answers: the slow clients below never finish their requests).
+CLIENT_TIMEOUT = 60.0
+# The 10,000 requests take ~100 s on a quiet 2-core machine and several times that beside
+# a CPU hog (docs/testing.md); only a hang gets near this.
+LOAD_HANG_GUARD = 1200.0
 
 
 def every_collector_at_1s(tmp_path, server):
@@ -67,21 +77,25 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+@pytest.mark.timeout(LOAD_HANG_GUARD + 300)
 def test_concurrent_scrapers_while_collectors_run(pg, tmp_path):
-    """50 concurrent scrapers, 10,000 /metrics requests in all: no error, every body whole."""
+    """50 concurrent scrapers, 10,000 /metrics requests in all: no error, every body whole.
+
+    The load is bounded by its count: every one of the 10,000 requests is made, however
+    long a slow machine takes, and the verdict is on their errors. Throughput is printed,
+    never asserted (bench/scrape.py and bench/peer.py measure it)."""
     with running_agent(every_collector_at_1s(tmp_path, pg)) as run:
         wait_for(lambda: http_get(run.url + "/ready").status == 200, what="/ready")
         host, port = urlsplit(run.url).hostname, urlsplit(run.url).port
         runs_before = runs_total(run.url)
-
-        deadline = time.monotonic() + LOAD_DEADLINE
+        abandoned = threading.Event()  # set only by the hang guard
 
         def one(index: int) -> tuple[int, str | None, bytes | None, float]:
-            if time.monotonic() > deadline:
-                return index, "not sent: the load's deadline passed", None, 0.0
+            if abandoned.is_set():
+                return index, "not sent: the hang guard gave up on the load", None, 0.0
             try:
-                status, body, seconds = scrape(host, port, timeout=10)
-            except OSError as exc:
+                status, body, seconds = scrape(host, port, timeout=CLIENT_TIMEOUT)
+            except (OSError, http.client.HTTPException) as exc:
                 return index, repr(exc), None, 0.0
             if status != 200:
                 return index, f"HTTP {status}", None, seconds
@@ -90,8 +104,18 @@ def test_concurrent_scrapers_while_collectors_run(pg, tmp_path):
             return index, None, body if index % PARSE_EVERY == 0 else None, seconds
 
         started = time.perf_counter()
-        with ThreadPoolExecutor(SCRAPERS) as pool:
-            results = list(pool.map(one, range(REQUESTS)))
+        pool = ThreadPoolExecutor(SCRAPERS)
+        try:
+            futures = [pool.submit(one, index) for index in range(REQUESTS)]
+            _, pending = wait(futures, timeout=LOAD_HANG_GUARD)
+            if pending:
+                abandoned.set()
+                pytest.fail(f"hang guard: {len(pending)} of {REQUESTS} requests still "
+                            f"unanswered after {LOAD_HANG_GUARD:.0f} s")
+            results = [future.result() for future in futures]
+        finally:
+            abandoned.set()
+            pool.shutdown(wait=True, cancel_futures=True)
         wall = time.perf_counter() - started
         runs_after = runs_total(run.url)
 
@@ -99,9 +123,10 @@ def test_concurrent_scrapers_while_collectors_run(pg, tmp_path):
     latencies = [s for _, e, _, s in results if e is None]
     cuts = statistics.quantiles(latencies, n=100, method="inclusive") if latencies else [0] * 99
     print(f"\n[{pg.version}] {REQUESTS} GET /metrics from {SCRAPERS} threads in {wall:.1f} s "
-          f"({REQUESTS / wall:.0f}/s): p50 {ms(cuts[49])}, p99 {ms(cuts[98])}, "
+          f"({REQUESTS / wall:.0f}/s, not asserted): p50 {ms(cuts[49])}, p99 {ms(cuts[98])}, "
           f"max {ms(max(latencies, default=0))}; {len(errors)} errors; "
           f"{runs_after - runs_before:.0f} collector runs during the load")
+    assert len(results) == REQUESTS
     assert errors == [], f"{len(errors)} failed requests, first: {errors[:5]}"
     parsed = 0
     for _, _, body, _ in results:
@@ -118,11 +143,14 @@ def test_concurrent_scrapers_while_collectors_run(pg, tmp_path):
 
 
 class Trickler:
-    """Slow clients: each sends a request one byte every TRICKLE_EVERY seconds."""
+    """Slow clients: each sends one byte every TRICKLE_EVERY seconds of a request that never
+    ends (the request line and headers, then one endless header value), so they are
+    mid-request for as long as the test runs, however slow the machine."""
+
+    PREFIX = (b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"User-Agent: a-very-slow-scraper/1.0\r\nAccept: */*\r\nX-Trickle: ")
 
     def __init__(self, host: str, port: int, count: int) -> None:
-        self.request = (b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                        b"User-Agent: a-very-slow-scraper/1.0\r\nAccept: */*\r\n\r\n")
         self.sockets = [socket.create_connection((host, port), timeout=5) for _ in range(count)]
         self.sent = 0  # bytes sent so far on each socket
         self.failures: list[str] = []
@@ -134,8 +162,9 @@ class Trickler:
         return self
 
     def _loop(self) -> None:
-        while self.sent < len(self.request) and not self._stop.wait(TRICKLE_EVERY):
-            byte = self.request[self.sent:self.sent + 1]
+        stream = itertools.chain(self.PREFIX, itertools.repeat(ord("a")))
+        while not self._stop.wait(TRICKLE_EVERY):
+            byte = bytes([next(stream)])
             for sock in self.sockets:
                 try:
                     sock.sendall(byte)
@@ -145,7 +174,7 @@ class Trickler:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=TRICKLE_EVERY + 5)
+        self._thread.join(timeout=TRICKLE_EVERY + 30)
         for sock in self.sockets:
             sock.close()
 
@@ -157,38 +186,41 @@ def handler_threads(clients: set[tuple[str, int]]) -> int:
 
 
 def test_slow_and_stalled_clients_do_not_block_scrapes(pg, tmp_path):
-    """20 clients trickling headers and 1 sending nothing; 50 normal scrapes all succeed."""
+    """20 clients trickling a request that never ends and 1 sending nothing; 50 normal
+    scrapes all succeed while the slow clients still hold their connections."""
     with running_agent(every_collector_at_1s(tmp_path, pg)) as run:
         wait_for(lambda: http_get(run.url + "/ready").status == 200, what="/ready")
         host, port = urlsplit(run.url).hostname, urlsplit(run.url).port
         silent = socket.create_connection((host, port), timeout=5)
         trickler = Trickler(host, port, SLOW_CLIENTS).start()
-        clients = {s.getsockname()[:2] for s in [silent, *trickler.sockets]}
+        slow = {s.getsockname()[:2] for s in trickler.sockets}
         try:
             # every slow connection has been accepted and holds a handler thread
-            wait_for(lambda: handler_threads(clients) == SLOW_CLIENTS + 1, timeout=10,
-                     what="the slow connections to be accepted")
+            wait_for(lambda: handler_threads(slow | {silent.getsockname()[:2]})
+                     == SLOW_CLIENTS + 1, what="the slow connections to be accepted")
             statuses, latencies = [], []
             for _ in range(NORMAL_REQUESTS):
                 try:
                     status, body, seconds = scrape(host, port, timeout=CLIENT_TIMEOUT)
-                except OSError as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     statuses.append(repr(exc))
                     break  # blocked: one timeout is proof enough, and keeps the test short
                 statuses.append(status if b"\nhiw_up{" in body else f"{status}, no hiw_up")
                 latencies.append(seconds)
                 time.sleep(0.05)
-            still_trickling = trickler.sent < len(trickler.request)
+            # the slow clients were mid-request all along (their requests never end) and
+            # still hold their handler threads: the scrapes ran beside them, not after
+            slow_handlers = handler_threads(slow)
             sent = trickler.sent
         finally:
             trickler.close()
             silent.close()
         print(f"\n[{pg.version}] {NORMAL_REQUESTS} scrapes beside {SLOW_CLIENTS} slow clients "
-              f"({sent}/{len(trickler.request)} bytes sent) and 1 silent one: "
+              f"({sent} bytes of an endless request sent) and 1 silent one: "
               f"p50 {ms(statistics.median(latencies or [0]))}, "
               f"max {ms(max(latencies, default=0))}")
         assert statuses == [200] * NORMAL_REQUESTS
         assert trickler.failures == []
-        assert still_trickling, "the slow clients finished before the normal scrapes did"
+        assert slow_handlers == SLOW_CLIENTS, "the slow clients were dropped during the scrapes"
         # and once they are gone, scrapes still work
         assert scrape(host, port, timeout=CLIENT_TIMEOUT)[0] == 200
