@@ -36,10 +36,13 @@ class StallingProxy:
             except OSError:
                 return
             try:
-                server = socket.create_connection(self.upstream, timeout=5)
+                server = socket.create_connection(self.upstream, timeout=30)
             except OSError:
                 client.close()
                 continue
+            # connected: back to blocking, or a sendall that waits on a busy server for
+            # longer than the connect timeout would end the forwarding as if it had failed
+            server.settimeout(None)
             self._sockets += [client, server]
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
 
