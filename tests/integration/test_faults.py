@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import structlog
 from conftest import HIW_DB, MONITOR_PASSWORD, binaries_for
-from helpers import agent_connections, http_get, running_agent, sample, wait_for
+from helpers import (
+    agent_connections,
+    http_get,
+    running_agent,
+    sample,
+    wait_for,
+    wait_for_agent_connections,
+)
 
 from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import BY_NAME
@@ -92,7 +99,7 @@ def test_restart_reconnects_without_leaking_connections(own_pg, tmp_path):
             with own_pg.admin() as admin:
                 assert agent_connections(admin) == 1
     with own_pg.admin() as admin:
-        assert agent_connections(admin) == 0
+        wait_for_agent_connections(admin, 0)  # its backend exits a moment after the close
 
 
 def test_failing_collector_stays_local(own_pg):
@@ -116,7 +123,7 @@ def test_failing_collector_stays_local(own_pg):
 
 def test_statement_timeout_fails_one_run_not_the_connection(pg):
     slow = Collector(name="slow", help="", interval=1, timeout=0.2,
-                     queries={"q": VersionedSQL({130000: "SELECT pg_sleep(2)"})},
+                     queries={"q": VersionedSQL({130000: "SELECT pg_sleep(30)"})},
                      transform=lambda rows, ctx: [])
     settings = load(environ={}, require_targets=False).collectors
     timeout_settings = type(settings["connections"])(
@@ -131,7 +138,9 @@ def test_statement_timeout_fails_one_run_not_the_connection(pg):
     assert failed.error is not None
     assert failed.error.code == "timeout"
     assert ok.error is None
-    assert failed.duration < 1.5  # cancelled by statement_timeout, not waited out
+    # cancelled by statement_timeout (0.2 s), not by the client deadline (5.2 s), not
+    # waited out (30 s); the margin is for connecting on a busy machine
+    assert failed.duration < 5.0
 
 
 def test_series_go_stale_while_down_and_come_back(own_pg, tmp_path):
@@ -142,7 +151,7 @@ def test_series_go_stale_while_down_and_come_back(own_pg, tmp_path):
                  what="database series")
         own_pg.cluster.stop("fast")
         wait_for(lambda: run.value("hiw_collector_stale", collector="database") == 1,
-                 timeout=15, what="database collector stale")
+                 what="database collector stale")
         text = run.metrics()
         assert sample(text, "hiw_database_size_bytes", datname=HIW_DB) is None
         assert sample(text, "hiw_collector_up", collector="database") == 0

@@ -10,7 +10,14 @@ import time
 import psycopg
 import pytest
 from conftest import HIW_DB, MONITOR_PASSWORD, start_server
-from helpers import agent_connections, http_get, running_agent, sample, wait_for
+from helpers import (
+    agent_connections,
+    http_get,
+    running_agent,
+    sample,
+    wait_for,
+    wait_for_agent_connections,
+)
 from proxy import StallingProxy
 
 from hiw_monitor import target as target_module
@@ -70,7 +77,7 @@ def test_twenty_restarts_one_connection_each_time_none_left(own_pg, tmp_path):
             with own_pg.admin() as admin:
                 assert agent_connections(admin) <= 1
     with own_pg.admin() as admin:
-        assert agent_connections(admin) == 0
+        wait_for_agent_connections(admin, 0)  # its backend exits a moment after the close
 
 
 def test_killed_backend_mid_collection_recovers(pg):
@@ -119,10 +126,10 @@ def test_network_stall_is_noticed_and_recovered(version, tmp_path):
             runs_before = run.value("hiw_collector_runs_total", target="direct",
                                     collector="connections")
             # client-side deadline: collector timeout (1 s) + grace (5 s), then a reconnect
-            # attempt bounded by connect_timeout (2 s)
+            # attempt bounded by connect_timeout (2 s): ~8 s; the bound is a hang guard
             started = time.monotonic()
             while run.value("hiw_up", target="stalled") != 0:
-                assert time.monotonic() - started < 20, "stall not noticed in time"
+                assert time.monotonic() - started < 60, "stall not noticed in time"
                 response = http_get(run.url + "/metrics", timeout=2)  # always served
                 assert response.status == 200
                 time.sleep(0.2)
