@@ -33,9 +33,11 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Protocol
 
 SQRT2 = math.sqrt(2.0)
+_NORMAL = NormalDist()
 # Relative variance below which a statement is treated as constant latency.
 CONSTANT_CV2 = 1e-10
 # How much more lognormal mass beyond an observed extreme we tolerate, in expected calls.
@@ -242,8 +244,97 @@ def _beta_fraction(x: float, a: float, b: float) -> float:
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Mixture:
+    """A body and a share ``weight`` of outliers, each its own distribution."""
+
+    body: Dist
+    outliers: Dist
+    weight: float
+
+    @property
+    def lo(self) -> float:
+        return min(self.body.lo, self.outliers.lo)
+
+    @property
+    def hi(self) -> float:
+        return max(self.body.hi, self.outliers.hi)
+
+    def cdf(self, x: float) -> float:
+        return (1.0 - self.weight) * self.body.cdf(x) + self.weight * self.outliers.cdf(x)
+
+
+# The tight-body-with-outliers shape: the body's log-dispersion and the outliers' (a prior:
+# two moments and the extremes leave one degree of freedom, see body_and_outliers).
+BODY_SIGMA = 0.25
+BODY_SHARE = 0.8  # of the widest body the interval's mean allows, when that is tighter
+SEPARATION = 10.0  # outliers' median / body's median: below, the tail is no outlier set
+OUTLIER_SIGMA = 1.0
+# The outlier shape is considered when the plain lognormal expects the fastest of the
+# statement's calls this many times below the fastest actually seen.
+MIN_CONTRADICTION = 4.0
+
+
+def expected_min_z(n: float) -> float:
+    """How many standard deviations below the mean the smallest of ``n`` normal draws lies
+    on average (Blom's approximation).
+
+    >>> round(expected_min_z(1000), 2)
+    3.23
+    """
+    if n <= 1:
+        return 0.0
+    return -_NORMAL.inv_cdf(0.625 / (n + 0.25))
+
+
+def body_and_outliers(mean: float, var: float, lo: float, hi: float,
+                      lifetime_calls: float) -> Mixture | None:
+    """A tight lognormal body starting near ``lo`` plus rare, wide outliers, with the
+    interval's mean and variance; None when no such shape has them.
+
+    Statements of a busy server are often fast and steady with rare outliers (a CPU run
+    queue, a lock, a cold page): the outliers carry nearly all of the variance, and a
+    lognormal matched on the two moments is far wider than the body, so it puts the body's
+    calls well above where they are. Here the body's dispersion (``BODY_SIGMA``) and the
+    outliers' (``OUTLIER_SIGMA``) are fixed (the body's is narrowed when the mean leaves
+    no room for it); the body's median is where its fastest of
+    ``lifetime_calls`` calls is expected to be ``lo``; the outliers' share and median
+    follow from the mean and variance.
+
+    >>> d = body_and_outliers(0.094e-3, 0.131e-6, 0.028e-3, 6.8e-3, 7500)
+    >>> round(d.body.cdf(0.1e-3), 2), round(d.weight, 4)
+    (0.92, 0.009)
+    """
+    z = expected_min_z(lifetime_calls)
+    if mean <= lo:
+        return None
+    # the widest body whose mean stays below the interval's: z s + s^2 / 2 = ln(mean / lo)
+    widest = -z + math.sqrt(z * z + 2.0 * math.log(mean / lo))
+    sigma = min(BODY_SIGMA, BODY_SHARE * widest)
+    median = lo * math.exp(z * sigma)
+    body = LogNormal(math.log(median), sigma)
+    body_mean = median * math.exp(sigma**2 / 2)
+    body_square = body_mean * body_mean * math.exp(sigma**2)
+    excess = mean - body_mean  # p * (E[outlier] - body mean)
+    excess_square = var + mean * mean - body_square  # p * (E[outlier^2] - body 2nd moment)
+    if excess <= 0 or excess_square <= 0:
+        return None
+    # outliers lognormal(mu, s): E[X^2] / E[X] = exp(mu + 1.5 s^2) ~ excess_square / excess
+    # (exact when the body's moments are small beside the outliers': checked below)
+    ratio = excess_square / excess
+    mu = math.log(ratio) - 1.5 * OUTLIER_SIGMA**2
+    outliers = LogNormal(mu, OUTLIER_SIGMA)
+    outlier_mean = math.exp(mu + OUTLIER_SIGMA**2 / 2)
+    if mu - math.log(median) < math.log(SEPARATION):
+        return None  # outliers near the body: a heavy tail (e.g. Pareto), not this shape
+    weight = excess / (outlier_mean - body_mean)
+    if not 0 < weight < 0.5:
+        return None
+    return Mixture(body, outliers, weight)
+
+
 def fit(mean: float, var: float, lo: float = 0.0, hi: float = math.inf,
-        lifetime_calls: float = 0.0) -> Dist:
+        lifetime_calls: float = 0.0, *, outliers: bool = True) -> Dist:
     """The distribution this module uses for one statement in one interval.
 
     ``lo``/``hi`` are the statement's observed min/max (over ``lifetime_calls`` calls).
@@ -271,6 +362,13 @@ def fit(mean: float, var: float, lo: float = 0.0, hi: float = math.inf,
         bounded = ScaledBeta.from_mean_var(mean, var, lo, hi)
         if bounded is not None:
             return bounded
+    if outliers and lo > 0 and lognormal.lo < lo and math.exp(
+            lognormal.mu - expected_min_z(lifetime_calls) * lognormal.sigma) * \
+            MIN_CONTRADICTION < lo:
+        # far wider than any call ever seen below the mean: a tight body with outliers?
+        mixture = body_and_outliers(mean, var, lo, hi, lifetime_calls)
+        if mixture is not None:
+            return mixture
     if lognormal.cdf(lo) > slack:  # mass below the fastest call ever: starts at lo
         shifted = LogNormal.from_mean_var(mean, var, shift=lo)
         if 1.0 - shifted.cdf(hi) <= slack:
