@@ -472,6 +472,7 @@ class AgentView:
     quantiles: Quantiles  # the window's p50/p95/p99 and calls
     mean: float  # the window's mean
     utility: float  # calls left out of the SLA as utility statements
+    band: tuple[float, float] = (math.nan, math.nan)  # p94 / p96: the uncertainty band
 
     @property
     def p95(self) -> float:
@@ -491,8 +492,17 @@ def agent_view(families: Iterable[Metric]) -> AgentView:
                 mean = s.value
             elif s.name == "hiw_sla_excluded_calls_total" and s.labels["reason"] == "utility":
                 utility = s.value
+            elif s.name == "hiw_sla_query_latency_band_seconds":
+                found[s.labels["bound"]] = s.value
     p50, p95, p99 = (found.get(f"{q:g}", math.nan) for q in QUANTILES)
-    return AgentView(Quantiles(calls, (p50, p95, p99)), mean, utility)
+    band = (found.get("lower", math.nan), found.get("upper", math.nan))
+    return AgentView(Quantiles(calls, (p50, p95, p99)), mean, utility, band)
+
+
+def in_band(r: Result) -> bool:
+    """The server truth's p95 lies inside the agent's uncertainty band."""
+    lower, upper = r.agent.band
+    return lower <= r.server.p95 <= upper
 
 
 @dataclass(frozen=True, slots=True)
@@ -896,7 +906,7 @@ def replay(directory: Path, only: Sequence[str]) -> int:
           "live: the agent during the run (the same if the code is); on log: today's "
           "transform on the log's moments.")
     print(f"{'':4} {'calls':>7}  {'server truth':>24}  {'agent':>24}  {'p95 err':>8}  "
-          f"{'live p95':>8}  {'on log':>8}")
+          f"{'live p95':>8}  {'on log':>8}  {'band (p94 - p96)':>18}")
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"), object_hook=_from_json)
         if data.get("format") != DUMP_FORMAT:
@@ -919,7 +929,9 @@ def replay(directory: Path, only: Sequence[str]) -> int:
         print(f"{path.stem:4} {truth.calls:>7.0f}  {triple(truth):>24}  "
               f"{triple(agent.quantiles):>24}  {pct(relative_error(agent.p95, truth.p95)):>8}  "
               f"{ms(data['agent']['quantiles'][1]):>8}  "
-              f"{pct(relative_error(on_log.p95, truth.p95)):>8}")
+              f"{pct(relative_error(on_log.p95, truth.p95)):>8}  "
+              f"{ms(agent.band[0]) + ' - ' + ms(agent.band[1]):>18} "
+              f"{'in' if agent.band[0] <= truth.p95 <= agent.band[1] else 'OUT'}")
     print(f"replayed {len(paths)} scenario(s) in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -1199,8 +1211,8 @@ def render_doc(results: Sequence[Result], env: Environment, command: str) -> str
         "calls in the server log / calls in the agent's window.",
         "",
         "| Scenario | Calls | Client truth | Server truth | Agent | Agent p95 vs client "
-        "| Agent p95 vs server | Goal (server) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| Agent p95 vs server | Goal (server) | Agent band (p94 - p96) | Truth in band |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in results:
         vs_server = relative_error(r.agent.p95, r.server.p95)
@@ -1208,7 +1220,8 @@ def render_doc(results: Sequence[Result], env: Environment, command: str) -> str
             f"| {r.scenario.key}, {r.scenario.title} | {r.transactions} / "
             f"{r.server.calls:.0f} / {r.agent.quantiles.calls:.0f} | {triple(r.client)} | "
             f"{triple(r.server)} | {triple(r.agent.quantiles)} | {pct(vs_client(r))} | "
-            f"{pct(vs_server)} | {verdict(vs_server)} |")
+            f"{pct(vs_server)} | {verdict(vs_server)} | {ms(r.agent.band[0])} - "
+            f"{ms(r.agent.band[1])} | {'yes' if in_band(r) else '**no**'} |")
     lines += [
         "",
         "Agent against the server truth at the other quantiles, the means (the agent's "

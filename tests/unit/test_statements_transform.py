@@ -464,3 +464,24 @@ def test_one_statement_with_two_latencies_keeps_its_slow_mode():
     assert math.isclose(quantiles_of(families)["0.95"], 0.150, rel_tol=0.03)
     assert math.isclose(quantiles_of(families)["0.5"], 0.002, rel_tol=0.03)
     assert gauge_value(families, "hiw_sla_query_latency_met") == 0
+
+
+def test_the_sla_band_is_wide_when_p95_sits_between_fast_and_slow_statements():
+    fake, state, opts = FakeStatements(), new_state(), options()
+    fake.call(1, 0.1)
+    fake.call(2, 30.0)
+    run(state, fake, 0.0, opts)
+    fake.call(1, 0.1, times=950)  # p95 is exactly where the fast calls end
+    fake.call(2, 30.0, times=50)
+    band = {s.labels["bound"]: s.value for s in
+            run(state, fake, 60.0, opts)["hiw_sla_query_latency_band_seconds"].samples}
+    assert band["lower"] < 0.0002
+    assert band["upper"] > 0.025
+    calm = FakeStatements()
+    calm.call(3, 20.0)
+    calm_state = new_state()
+    run(calm_state, calm, 0.0, opts)
+    calm.call(3, 20.0, times=1000)
+    band = {s.labels["bound"]: s.value for s in
+            run(calm_state, calm, 60.0, opts)["hiw_sla_query_latency_band_seconds"].samples}
+    assert band["upper"] / band["lower"] < 1.1
