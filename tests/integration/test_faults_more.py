@@ -250,15 +250,17 @@ MULTI = CollectorSettings(name="multi", enabled=True, interval=60, timeout=2,
 
 
 def test_client_deadline_is_per_statement_not_per_collection(pg, monkeypatch):
-    """Six statements of 0.8 s each (4.8 s) under a 2 s statement timeout and a 1 s
-    grace: each statement fits its 3 s deadline, their sum does not, and that is fine."""
+    """Eleven statements of 0.5 s each (5.5 s at least) under a 4 s statement timeout and
+    a 1 s grace: each statement fits its 5 s deadline with seconds to spare, their sum
+    cannot, and that is fine."""
     monkeypatch.setattr(target_module, "CLIENT_GRACE", 1.0)
     store = SnapshotStore()
     target = pg.target("db")
     store.register("db", target.redacted, "multi", 60, 180)
+    slow = dataclasses.replace(MULTI, timeout=4.0)
     try:
-        outcome = run_collection(target, _multi_statement(["SELECT pg_sleep(0.8)"] * 6),
-                                 MULTI, store)
+        outcome = run_collection(target, _multi_statement(["SELECT pg_sleep(0.5)"] * 11),
+                                 slow, store)
         assert outcome.error is None, outcome.error
         assert target.up
         again = run_collection(target, _multi_statement(["SELECT 1"]), MULTI, store)
