@@ -81,7 +81,13 @@ from hiw_monitor.analysis.querytext import is_utility
 from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import statements as statements_collector
 from hiw_monitor.collectors.base import Context, Rows, ServerInfo
-from hiw_monitor.collectors.statements import COLLECTOR, StatementsState, new_state, transform
+from hiw_monitor.collectors.statements import (
+    COLLECTOR,
+    Plan,
+    StatementsState,
+    new_state,
+    transform,
+)
 from hiw_monitor.config import CollectorSettings, ConnectionSettings, TargetConfig, load
 from hiw_monitor.demo.cluster import Cluster, ClusterError, system_binaries
 from hiw_monitor.logs import configure as configure_logging
@@ -98,7 +104,7 @@ COLLECT_EVERY = 5.0  # seconds between collections during a run
 WINDOW = 600.0  # the agent's rolling window: longer than any run
 PGBENCH_GRACE = 60.0  # pgbench must exit this long after -T, or it is stopped
 APP_PREFIX = "hiw_bench_"
-DUMP_FORMAT = 1
+DUMP_FORMAT = 2  # 2: the per-poll queries' rows and the plan (1: one summary row)
 # Server-side truth: every statement's duration, one line each, no parameter values.
 SERVER_SETTINGS = {
     "logging_collector": "off",  # stderr goes to the pg_ctl -l logfile
@@ -514,14 +520,36 @@ class Collection:
     rows: Mapping[str, Rows]  # what the collector's fetch returned
 
 
-def estimate(collections: Sequence[Collection], server: ServerInfo,
+def estimate(collections: Sequence[Collection], server: ServerInfo, plan: Plan,
              options: Mapping[str, Any]) -> tuple[AgentView, StatementsState]:
     """The agent's numbers after these collections: ``transform`` on a fresh state."""
     state = new_state()
     families: list[Metric] = []
     for c in collections:
-        families = list(transform(c.rows, Context(TARGET, server, options, c.now, state)))
+        families = list(transform(c.rows, Context(TARGET, server, options, c.now, state,
+                                                  plan)))
     return agent_view(families), state
+
+
+def upgrade_format_1(data: dict[str, Any]) -> None:
+    """Dumps of format 1 hold one ``summary`` row per collection and no plan."""
+    summaries = [c["rows"]["summary"][0] for c in data["collections"]]
+    first = summaries[0]
+    data["plan"] = {"schema": "public", "columns": {}, "has_info": "stats_reset" in first,
+                    "track_planning": first["track_planning"],
+                    "track_io_timing": first["track_io_timing"], "maximum": first["max"]}
+    for c, summary in zip(data["collections"], summaries, strict=True):
+        rows = c["rows"]
+        del rows["summary"]
+        rows["server"] = [{key: summary.get(key) for key in
+                           ("system_identifier", "timeline", "started")}]
+        rows["tracked"] = [{"tracked": summary["tracked"]}]
+        info = "stats_reset" in summary
+        rows["reset_before"] = [{"stats_reset": summary.get("stats_reset_before",
+                                                           summary.get("stats_reset"))}] \
+            if info else []
+        rows["reset_after"] = [{"dealloc": summary.get("dealloc"),
+                                "stats_reset": summary["stats_reset"]}] if info else []
 
 
 def on_log_moments(collections: Sequence[Collection], events: Sequence[Event]
@@ -673,18 +701,17 @@ class Bench:
         self.duration = duration
         self.dump = dump
         self.pgbench = cluster.binaries.bindir / "pgbench"
-        # the collector with a fetch that also records what it returned
-        self.collector = dataclasses.replace(COLLECTOR, fetch=self._fetch)
+        # the collector with a transform that also records the rows it was given
+        self.collector = dataclasses.replace(COLLECTOR, transform=self._transform)
         self.recorded: list[Collection] = []
         self.server: ServerInfo | None = None
+        self.plan: Plan | None = None
         self._wall = 0.0
 
-    def _fetch(self, cur: Any, ctx: Context) -> Mapping[str, Rows]:
-        assert COLLECTOR.fetch is not None
-        rows = COLLECTOR.fetch(cur, ctx)
+    def _transform(self, rows: Mapping[str, Rows], ctx: Context) -> Iterable[Metric]:
         self.recorded.append(Collection(self._wall, ctx.now, json_copy(rows)))
-        self.server = ctx.server
-        return rows
+        self.server, self.plan = ctx.server, ctx.plan
+        return COLLECTOR.transform(rows, ctx)
 
     def collect(self, store: SnapshotStore, state: StatementsState) -> Sample:
         self._wall = time.time()
@@ -762,6 +789,7 @@ class Bench:
         time.sleep(0.2)  # let the last backends' log lines land (they precede the replies)
         agent = agent_view(self.collect(store, state).families)
         assert self.server is not None
+        assert self.plan is not None
 
         latencies: list[float] = []
         failures = 0
@@ -802,9 +830,9 @@ class Bench:
             scenario=scenario, client=client, transactions=len(latencies), server=server,
             server_p94_p96=(quantile(values, 0.94), quantile(values, 0.96)),
             server_mean=sum(values) / len(values), agent=agent,
-            replayed=estimate(self.recorded, self.server, options)[0],
+            replayed=estimate(self.recorded, self.server, self.plan, options)[0],
             on_log=estimate(on_log_moments(self.recorded, log.events), self.server,
-                            options)[0],
+                            self.plan, options)[0],
             grid_only=grid_quantiles(values, state.grid), grid_floor=state.grid[0],
             statements=statement_truths(log.events, state.grid, pgss, labels),
             collections=len(self.recorded) - 1, client_errors=failures,
@@ -816,6 +844,7 @@ class Bench:
                 "scenario": {"key": scenario.key, "title": scenario.title,
                              "protocol": scenario.protocol, "one_call": scenario.one_call},
                 "server": server_info_json(self.server), "options": options,
+                "plan": dataclasses.asdict(self.plan),
                 "collections": [{"wall": c.wall, "now": c.now, "rows": c.rows}
                                 for c in self.recorded],
                 "labels": {str(queryid): label for queryid, label in labels.items()},
@@ -909,7 +938,9 @@ def replay(directory: Path, only: Sequence[str]) -> int:
           f"{'live p95':>8}  {'on log':>8}  {'band (p94 - p96)':>18}")
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"), object_hook=_from_json)
-        if data.get("format") != DUMP_FORMAT:
+        if data.get("format") == 1:
+            upgrade_format_1(data)
+        elif data.get("format") != DUMP_FORMAT:
             print(f"{path.stem}: dump format {data.get('format')}, expected {DUMP_FORMAT}")
             continue
         changed = {k: (data["options"].get(k), v) for k, v in json_copy(options).items()
@@ -921,11 +952,12 @@ def replay(directory: Path, only: Sequence[str]) -> int:
             print(f"{path.stem}: the estimator's code changed since the run "
                   f"({data.get('code')} then, {CODE} now)")
         server = ServerInfo(**data["server"])
+        plan = Plan(**data["plan"])
         collections = [Collection(c["wall"], c["now"], c["rows"]) for c in data["collections"]]
         events = [Event(*e) for e in data["events"]]
         truth = Quantiles.of(e.seconds for e in events)
-        agent = estimate(collections, server, options)[0]
-        on_log = estimate(on_log_moments(collections, events), server, options)[0]
+        agent = estimate(collections, server, plan, options)[0]
+        on_log = estimate(on_log_moments(collections, events), server, plan, options)[0]
         print(f"{path.stem:4} {truth.calls:>7.0f}  {triple(truth):>24}  "
               f"{triple(agent.quantiles):>24}  {pct(relative_error(agent.p95, truth.p95)):>8}  "
               f"{ms(data['agent']['quantiles'][1]):>8}  "

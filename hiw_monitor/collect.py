@@ -1,4 +1,5 @@
-"""The body of one collection: query, transform, store, and one canonical log line.
+"""The body of one collection: plan (once per connection), query, transform, store, and
+one canonical log line. With ``Target``, the only place that runs SQL.
 
 Every failure ends here as a recorded :class:`Reason`; nothing escapes to the scheduler.
 """
@@ -7,19 +8,139 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 import structlog
 
 from hiw_monitor import memory
-from hiw_monitor.collectors.base import Collector, Context, Rows, families_series
+from hiw_monitor.collectors.base import (
+    Collector,
+    Context,
+    Probe,
+    Query,
+    Rows,
+    SQLText,
+    Step,
+    families_series,
+)
 from hiw_monitor.config import CollectorSettings
 from hiw_monitor.errors import Reason, ReasonedError, TargetUnavailable, classify
 from hiw_monitor.snapshot import Sample, SnapshotStore
 from hiw_monitor.target import Target
 
 log = structlog.get_logger("hiw_monitor.collect")
+
+
+# A collector whose plan said it cannot run here looks again after this long (the app may
+# create its table, an administrator the extension), besides at every reconnect.
+REPLAN_SKIPPED_AFTER = 300.0
+# Run failures that may mean the plan is out of date (a table dropped, a grant revoked,
+# an extension removed): the next run plans again.
+REPLAN_ON = frozenset({"undefined_table", "undefined_column", "undefined_function",
+                       "undefined_object", "permission_denied", "extension_missing",
+                       "not_preloaded", "extension_outdated", "invalid_schema"})
+
+
+class Skipped(ReasonedError):  # noqa: N818 - a state, not a bug
+    """The collector's plan says it cannot run on this server (until the next plan)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A collector's plan for one connection of one target (kept in ``Target.plans``)."""
+
+    generation: int  # Target.generation it was made on
+    options: Mapping[str, Any]  # the options it was made with (a reload plans again)
+    made_at: float  # time.monotonic()
+    plan: Any = None
+    skip: Reason | None = None  # why the collector cannot run here, if it cannot
+
+    def valid(self, target: Target, options: Mapping[str, Any], now: float) -> bool:
+        if self.generation != target.generation or self.options is not options:
+            return False
+        return self.skip is None or now - self.made_at < REPLAN_SKIPPED_AFTER
+
+
+def _execute(cur: Any, text: SQLText, params: Any = None) -> Rows:
+    if isinstance(text, str) and params is None:
+        text = text.encode()  # no parameters: a literal % stays a %
+    cur.execute(text, params)
+    return list(cur.fetchall()) if cur.description is not None else []
+
+
+def _probe(cur: Any, text: SQLText, probe: Probe, step: Step) -> Rows:
+    """Each parameter set in its own savepoint and timeout, within the probe's budget."""
+    options = step.options
+    budget, timeout = probe.budget(options), probe.timeout(options)
+    cur.execute("SELECT pg_catalog.current_setting('statement_timeout') AS timeout")
+    restore = cur.fetchone()["timeout"]
+    started = time.monotonic()
+    out: list[dict[str, Any]] = []
+    try:
+        for params in probe.each(step):
+            remaining = budget - (time.monotonic() - started)
+            if remaining <= 0.05:
+                break
+            outcome, row = Target.probe(cur, text, params, min(timeout, remaining))
+            out.append({**params, **(row or {}), "outcome": outcome})
+    finally:  # SET LOCAL in a released savepoint lasts to the end of the transaction
+        cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", [restore])
+    return out
+
+
+def run_queries(cur: Any, queries: Mapping[str, Query], step: Step) -> dict[str, Rows]:
+    """Run declared queries in order; each sees the rows of those before it."""
+    rows: dict[str, Rows] = {}
+    for name, query in queries.items():
+        here = replace(step, rows=rows)
+        text = query.text(here) if query.applies(step.server) else None
+        if text is None:
+            rows[name] = []
+        elif query.probe is not None:
+            rows[name] = _probe(cur, text, query.probe, here)
+        elif query.params is None:
+            rows[name] = _execute(cur, text)
+        else:
+            params = query.params(here)
+            rows[name] = [] if params is None else _execute(cur, text, params)
+    return rows
+
+
+def _plan(target: Target, collector: Collector, settings: CollectorSettings, cur: Any,
+          step: Step) -> Any:
+    """The collector's plan for this connection: made once, logged when it changes."""
+    if collector.plan is None:
+        return None
+    options = settings.options
+    now = time.monotonic()
+    known: Planned | None = target.plans.get(collector.name)
+    if known is None or not known.valid(target, options, now):
+        rows = run_queries(cur, collector.plan.queries, step)
+        try:
+            planned = Planned(target.generation, options, now,
+                              plan=collector.plan.decide(rows, step))
+        except ReasonedError as exc:
+            planned = Planned(target.generation, options, now, skip=exc.reason)
+        if known is None or known.skip != planned.skip:
+            if planned.skip is None:
+                log.info("collector_planned", target=target.name, collector=collector.name,
+                         outcome="installed")
+            else:
+                log.warning("collector_planned", target=target.name, collector=collector.name,
+                            outcome="skipped", reason=planned.skip.code,
+                            error=planned.skip.text)
+        target.plans[collector.name] = known = planned
+    if known.skip is not None:
+        raise Skipped(known.skip)
+    return known.plan
+
+
+def plan_of(target: Target, collector: Collector) -> Planned | None:
+    """The plan the collector has on this target now (for the dry run and the pages)."""
+    known: Planned | None = target.plans.get(collector.name)
+    return known if known is not None and known.generation == target.generation else None
 
 
 def _query(target: Target, collector: Collector, settings: CollectorSettings, state: Any
@@ -31,21 +152,20 @@ def _query(target: Target, collector: Collector, settings: CollectorSettings, st
             raise TargetUnavailable(Reason(
                 "unsupported_version",
                 f"{collector.name} needs PostgreSQL {collector.min_version // 10000} or newer"))
+        options = settings.options
+        if collector.session is not None:
+            for name, value in collector.session(options).items():
+                cur.execute("SELECT pg_catalog.set_config(%s, %s, true)", [name, value])
         cur.execute("SELECT extract(epoch FROM pg_catalog.now())::float8 AS now")
         now_row = cur.fetchone()
         assert now_row is not None
-        ctx = Context(target=target.name, server=server, options=settings.options,
-                      now=float(now_row["now"]), state=state)
+        step = Step(options=options, server=server, state=state)
+        plan = _plan(target, collector, settings, cur, step)
+        ctx = Context(target=target.name, server=server, options=options,
+                      now=float(now_row["now"]), state=state, plan=plan)
         if collector.fetch is not None:
             return collector.fetch(cur, ctx), ctx
-        rows: dict[str, Rows] = {}
-        for name, versioned in collector.queries.items():
-            sql = versioned.pick(server.version_num)
-            if sql is None:
-                rows[name] = []
-                continue
-            cur.execute(sql.encode())
-            rows[name] = cur.fetchall()
+        rows = run_queries(cur, collector.declared(), replace(step, plan=plan))
     return rows, ctx
 
 
@@ -65,6 +185,8 @@ def run_collection(target: Target, collector: Collector, settings: CollectorSett
             families = list(collector.transform(rows, ctx))
         except (psycopg.Error, ReasonedError, OSError) as exc:
             error = classify(exc)
+            if error.code in REPLAN_ON and not isinstance(exc, Skipped):
+                target.plans.pop(collector.name, None)  # out of date? plan again
         except Exception as exc:
             error = classify(exc)
             log.exception("collector_bug", target=target.name, collector=collector.name)

@@ -14,15 +14,16 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
 import structlog
+from psycopg import errors as pgerrors
 from psycopg.abc import PQGen
 from psycopg.rows import dict_row
 
-from hiw_monitor.collectors.base import ServerInfo
+from hiw_monitor.collectors.base import ServerInfo, SQLText
 from hiw_monitor.config import ConnectionSettings, TargetConfig, redact
 from hiw_monitor.errors import Reason, TargetUnavailable, classify
 
@@ -151,6 +152,10 @@ class Target:
         self._aborted: psycopg.Connection[Any] | None = None  # the last watchdog victim
         self._aborted_after = 0.0  # ... and the deadline it missed, in seconds
         self._watchdog = _Watchdog(self.name, self._abort)
+        # Bumped at every successful connect: plans made on an older connection are redone.
+        self.generation = 0
+        # collector name -> its plan for this connection (collect.py fills and reads it)
+        self.plans: dict[str, Any] = {}
 
     # --- connecting ---------------------------------------------------------------------
 
@@ -215,6 +220,7 @@ class Target:
             log.info("connected", target=self.name, dsn=self.redacted,
                      server_version=self.server.version, in_recovery=self.server.in_recovery)
         self._failures = 0
+        self.generation += 1
         self.up = True
         self.last_error = None
         return conn
@@ -278,6 +284,33 @@ class Target:
         finally:
             if watched is not None:
                 watched.deadline = session_deadline
+
+    @staticmethod
+    def probe(cur: psycopg.Cursor[dict[str, Any]], query: SQLText,
+              params: Mapping[str, Any] | Sequence[Any], timeout: float
+              ) -> tuple[str, dict[str, Any] | None]:
+        """Run one bounded, optional query inside the current transaction: in its own
+        savepoint, under its own ``statement_timeout``, its failure contained.
+
+        Returns (outcome, first row): outcome ``ok``, ``timeout`` (statement timeout),
+        ``locked`` (lock timeout) or ``error`` (anything else the server refused, e.g. the
+        relation was dropped meanwhile). A lost connection still raises.
+        """
+        try:
+            with cur.connection.transaction():
+                cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)",
+                            [str(_ms(timeout))])
+                cur.execute(query, params)
+                row = cur.fetchone()
+        except pgerrors.QueryCanceled:
+            return "timeout", None
+        except pgerrors.LockNotAvailable:
+            return "locked", None
+        except psycopg.Error:
+            if cur.connection.broken or cur.connection.closed:
+                raise
+            return "error", None
+        return "ok", dict(row) if row is not None else None
 
     def _client_timeout(self, conn: psycopg.Connection[Any] | None, exc: BaseException
                         ) -> BaseException:

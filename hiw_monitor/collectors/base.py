@@ -17,6 +17,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     Metric,
 )
+from psycopg import sql
 
 Rows = Sequence[Mapping[str, Any]]
 OptionKind = Literal["int", "float", "bool", "str", "duration", "str_list", "float_list",
@@ -89,35 +90,135 @@ class Context:
     options: Mapping[str, Any]
     now: float  # database clock, seconds since the epoch, when the collection ran
     state: Any = None  # the collector's own per-target state (see Collector.new_state)
+    plan: Any = None  # what the collector's plan step decided for this connection
 
 
 Transform = Callable[[Mapping[str, Rows], Context], Iterable[Metric]]
 # What a collector still reports when a run fails: (target, state, options, reason code).
 OnFailure = Callable[[str, Any, Mapping[str, Any], str], Iterable[Metric]]
-# A custom query step: (cursor, context) -> rows per query name. For collectors whose SQL
-# depends on what the server has (discovered columns, extension schema); it may raise
-# ReasonedError with a reason that tells the user what to run.
+# A custom query step for tests and tools only (no built-in collector uses it): (cursor,
+# context) -> rows per query name, replacing the declared queries.
 Fetch = Callable[[Any, Context], Mapping[str, Rows]]
+
+
+# --- declared queries ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What a query's SQL and parameters may depend on: the collector's options, its plan,
+    its state, the server, and the rows of the queries declared before it."""
+
+    options: Mapping[str, Any]
+    server: ServerInfo
+    plan: Any = None
+    state: Any = None
+    rows: Mapping[str, Rows] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Predicate:
+    """A condition on the server a query needs, with the reason given when it fails."""
+
+    name: str
+    test: Callable[[ServerInfo], bool]
+
+    def __call__(self, server: ServerInfo) -> bool:
+        return self.test(server)
+
+
+PRIMARY_ONLY = Predicate("primary only", lambda server: not server.in_recovery)
+STANDBY_ONLY = Predicate("standby only", lambda server: server.in_recovery)
+
+
+def extension(name: str) -> Predicate:
+    """The query needs extension ``name`` installed in the database it connects to."""
+    return Predicate(f"extension {name}", lambda server: name in server.extensions)
+
+
+# SQL text (or a composed statement) built from the step, or None to skip the query.
+SQLText = str | bytes | sql.SQL | sql.Composed  # what a cursor executes
+Builder = Callable[[Step], SQLText | None]
+# Parameters for the query (None: skip it), or one set per probe.
+Params = Callable[[Step], Mapping[str, Any] | Sequence[Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Run the query once per parameter set, each in its own savepoint under its own
+    statement timeout, until the time budget is spent (largest first, say). Each attempt
+    becomes one row: the parameters, ``outcome`` (ok / timeout / locked / error), and the
+    query's columns when it succeeded. For bounded, optional measurements (pgstattuple)."""
+
+    each: Callable[[Step], Sequence[Mapping[str, Any]]]
+    timeout: Callable[[Mapping[str, Any]], float]  # seconds, from the options
+    budget: Callable[[Mapping[str, Any]], float]  # seconds for all attempts of a run
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One declared query. ``sql`` is text per server version or built from the step
+    (the plan's discovered columns, the options); ``params`` come from the same step.
+    A query whose predicates fail, whose version range excludes the server, or whose
+    builder or params return None yields no rows (an empty list) and is not run."""
+
+    sql: VersionedSQL | Builder
+    params: Params | None = None
+    when: tuple[Predicate, ...] = ()
+    min_version: int = 0  # half-open range [min_version, max_version)
+    max_version: int | None = None
+    probe: Probe | None = None
+
+    def applies(self, server: ServerInfo) -> bool:
+        if server.version_num < self.min_version:
+            return False
+        if self.max_version is not None and server.version_num >= self.max_version:
+            return False
+        return all(predicate(server) for predicate in self.when)
+
+    def text(self, step: Step) -> SQLText | None:
+        if isinstance(self.sql, VersionedSQL):
+            return self.sql.pick(step.server.version_num)
+        return self.sql(step)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStep:
+    """What a collector decides once per connection: ``queries`` inspect the server
+    (extensions, columns, the app's tables, privileges), and the pure ``decide`` turns
+    their rows into the plan the collector's queries and transform use, or raises
+    :class:`~hiw_monitor.errors.ReasonedError` with the reason it cannot run here."""
+
+    queries: Mapping[str, Query]
+    decide: Callable[[Mapping[str, Rows], Step], Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Collector:
-    """A collector's declaration. ``queries`` maps a query name to its SQL per version;
-    the rows of each arrive in ``transform`` under the same name."""
+    """A collector's declaration. ``queries`` maps a query name to its declaration (or
+    plain SQL per version); the rows of each arrive in ``transform`` under the same name,
+    in declaration order, so a later query may depend on the rows of an earlier one."""
 
     name: str
     help: str
     interval: float
     timeout: float
-    queries: Mapping[str, VersionedSQL]
+    queries: Mapping[str, Query | VersionedSQL]
     transform: Transform
     options: Mapping[str, Option] = field(default_factory=dict)
     min_version: int = 130000
-    fetch: Fetch | None = None  # replaces running ``queries`` when set
+    plan: PlanStep | None = None  # once per connection; its result is Context.plan
+    # settings for the collection's transaction only (set_config(..., true)), e.g. TimeZone
+    session: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None
+    fetch: Fetch | None = None  # tests and tools only: replaces running ``queries``
     new_state: Callable[[], Any] | None = None  # per-(target, collector) memory, if any
     # Families served instead of the last good ones once those are stale while runs fail: how
     # the backups collector keeps reporting known backups as "unknown" when it goes blind.
     on_failure: OnFailure | None = None
+
+    def declared(self) -> dict[str, Query]:
+        return {name: q if isinstance(q, Query) else Query(q)
+                for name, q in self.queries.items()}
 
 
 # A CTE naming the relations of this database that hold or wait for an ACCESS EXCLUSIVE

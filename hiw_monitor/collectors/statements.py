@@ -38,7 +38,18 @@ from hiw_monitor.analysis import latency
 from hiw_monitor.analysis.deltas import CounterTracker
 from hiw_monitor.analysis.querytext import is_utility, safe_text
 from hiw_monitor.analysis.topn import Membership
-from hiw_monitor.collectors.base import Collector, Context, Option, Rows, counter, gauge
+from hiw_monitor.collectors.base import (
+    Collector,
+    Context,
+    Option,
+    PlanStep,
+    Query,
+    Rows,
+    Step,
+    VersionedSQL,
+    counter,
+    gauge,
+)
 from hiw_monitor.errors import Reason, ReasonedError
 
 Key = tuple[int, int, int]  # (dbid, userid, queryid)
@@ -153,15 +164,16 @@ OPTIONS = {
 # --- state ----------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """What this server's pg_stat_statements offers, discovered per run (cheap)."""
+    """What this server's pg_stat_statements offers, decided once per connection."""
 
     schema: str
-    columns: dict[str, str]  # logical field -> physical column
+    columns: Mapping[str, str]  # logical field -> physical column
     has_info: bool
     track_planning: bool
     track_io_timing: bool
+    maximum: int  # pg_stat_statements.max
 
 
 # what a statement's text says about it, learned once per statement (bit flags)
@@ -210,33 +222,45 @@ def new_state() -> StatementsState:
     return StatementsState()
 
 
-# --- fetching -----------------------------------------------------------------------------
+# --- plan and queries ------------------------------------------------------------------------
+
+# Everything the plan needs, in one query: privileges, whether the library is preloaded,
+# the extension's schema, the columns its function returns, and the settings that decide
+# which counters exist.
+_FACTS = """
+SELECT n.nspname AS schema, pg_catalog.current_database() AS db, current_user AS me,
+       r.rolsuper OR pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+           AS can_read,
+       CASE WHEN r.rolsuper
+                 OR pg_catalog.pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER')
+            THEN pg_catalog.current_setting('shared_preload_libraries') END AS preload,
+       (SELECT pg_catalog.array_agg(a.name ORDER BY a.ord)
+        FROM pg_catalog.pg_proc p,
+             unnest(p.proargnames, p.proargmodes) WITH ORDINALITY AS a(name, mode, ord)
+        WHERE p.proname = 'pg_stat_statements' AND p.pronamespace = e.extnamespace
+          AND p.pronargs = 1 AND a.mode IN ('o', 't')) AS columns,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+               WHERE p.proname = 'pg_stat_statements_info'
+                 AND p.pronamespace = e.extnamespace) AS info,
+       pg_catalog.current_setting('pg_stat_statements.track_planning', true) AS planning,
+       pg_catalog.current_setting('pg_stat_statements.max', true) AS maximum,
+       pg_catalog.current_setting('track_io_timing') AS io
+FROM pg_catalog.pg_roles r
+LEFT JOIN pg_catalog.pg_extension e ON e.extname = 'pg_stat_statements'
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+WHERE r.rolname = current_user
+"""
 
 
-def _plan(cur: Any, ctx: Context) -> Plan:
-    cur.execute("""
-        SELECT n.nspname AS schema, current_database() AS db, current_user AS me,
-               r.rolsuper
-               OR pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
-               AS can_read,
-               r.rolsuper
-               OR pg_catalog.pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER')
-               AS can_settings
-        FROM pg_catalog.pg_roles r
-        LEFT JOIN pg_catalog.pg_extension e ON e.extname = 'pg_stat_statements'
-        LEFT JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-        WHERE r.rolname = current_user""")
-    facts = cur.fetchone()
+def decide(rows: Mapping[str, Rows], step: Step) -> Plan:
+    """The plan from the facts, or the reason the collector cannot run, with the fix."""
+    facts = rows["facts"][0]
     if not facts["can_read"]:
         raise ReasonedError(Reason(
             "permission_denied",
             f"role {facts['me']!r} may see only its own statements and no settings; run: "
             f"GRANT pg_monitor TO {facts['me']};"))
-    preloaded = True
-    if facts["can_settings"]:
-        cur.execute("SELECT current_setting('shared_preload_libraries') AS preload")
-        preloaded = "pg_stat_statements" in cur.fetchone()["preload"]
-    if not preloaded:
+    if facts["preload"] is not None and "pg_stat_statements" not in facts["preload"]:
         also = "" if facts["schema"] else \
             f", then in database {facts['db']!r}: CREATE EXTENSION pg_stat_statements;"
         raise ReasonedError(Reason(
@@ -249,10 +273,7 @@ def _plan(cur: Any, ctx: Context) -> Plan:
             "extension_missing",
             f"the pg_stat_statements extension is not installed in database {facts['db']!r};"
             f" run as a superuser in that database: CREATE EXTENSION pg_stat_statements;"))
-    schema = facts["schema"]
-    cur.execute(sql.SQL("SELECT * FROM {}.pg_stat_statements(false) LIMIT 0").format(
-        sql.Identifier(schema)))
-    present = {column.name for column in cur.description}
+    present = set(facts["columns"] or ())
     columns = {}
     for logical, candidates in _COLUMNS.items():
         found = next((c for c in candidates if c in present), None)
@@ -264,15 +285,8 @@ def _plan(cur: Any, ctx: Context) -> Plan:
             "extension_outdated",
             f"pg_stat_statements lacks {', '.join(missing)}; run: ALTER EXTENSION "
             "pg_stat_statements UPDATE;"))
-    cur.execute(sql.SQL("""
-        SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-                       JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                       WHERE n.nspname = {} AND p.proname = 'pg_stat_statements_info') AS info,
-               current_setting('pg_stat_statements.track_planning', true) AS planning,
-               current_setting('track_io_timing') AS io""").format(sql.Literal(schema)))
-    extra = cur.fetchone()
-    return Plan(schema, columns, bool(extra["info"]), extra["planning"] == "on",
-                extra["io"] == "on")
+    return Plan(facts["schema"], columns, bool(facts["info"]), facts["planning"] == "on",
+                facts["io"] == "on", int(facts["maximum"] or 5000))
 
 
 # Which server the rows come from: a failover, switchover or restore changes one of them.
@@ -289,34 +303,23 @@ _SERVER_MARKERS = """
            extract(epoch FROM pg_catalog.pg_postmaster_start_time())::float8 AS started"""
 
 
-def _reset_marker(cur: Any, plan: Plan) -> dict[str, Any]:
+def _reset_marker(step: Step) -> sql.Composed | None:
+    plan: Plan = step.plan
     if not plan.has_info:
-        return {}
-    cur.execute(sql.SQL("""
+        return None
+    return sql.SQL("""
         SELECT dealloc, extract(epoch FROM stats_reset)::float8 AS stats_reset
-        FROM {}.pg_stat_statements_info""").format(sql.Identifier(plan.schema)))
-    return dict(cur.fetchone())
+        FROM {}.pg_stat_statements_info""").format(sql.Identifier(plan.schema))
 
 
-def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
-    """Discover, then read counters (no text), settings, and text only for statements
-    not classified yet.
-
-    The server's identity and pg_stat_statements' reset time are read before the rows and
-    the reset time again after them: a reset that lands between the two reads makes this
-    poll a new baseline instead of counting every statement's lifetime again.
-    """
-    plan = _plan(cur, ctx)
-    state: StatementsState = ctx.state
-    cur.execute(_SERVER_MARKERS)
-    summary = dict(cur.fetchone())
-    before = _reset_marker(cur, plan)
+def _statements(step: Step) -> sql.Composed:
+    plan: Plan = step.plan
     selected = [sql.SQL("s.{} AS {}").format(sql.Identifier(column), sql.Identifier(logical))
                 for logical, column in plan.columns.items() if logical != "toplevel"]
     where = sql.SQL("WHERE s.queryid IS NOT NULL")
     if "toplevel" in plan.columns:
         where = sql.SQL("WHERE s.queryid IS NOT NULL AND s.toplevel")
-    query = sql.SQL("""
+    return sql.SQL("""
         SELECT s.dbid, s.userid, s.queryid, d.datname, r.rolname,
                (r.rolname = current_user) AS is_self, {fields}
         FROM {schema}.pg_stat_statements(false) s
@@ -324,32 +327,55 @@ def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
         LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.userid
         {where}""").format(fields=sql.SQL(", ").join(selected),
                            schema=sql.Identifier(plan.schema), where=where)
-    cur.execute(query)
-    rows = cur.fetchall()
-    cur.execute(sql.SQL("""
-        SELECT current_setting('pg_stat_statements.max')::int AS max,
-               (SELECT count(*) FROM {schema}.pg_stat_statements(false)) AS tracked""").format(
-        schema=sql.Identifier(plan.schema)))
-    summary.update(cur.fetchone())
-    summary.update(_reset_marker(cur, plan))
-    summary["stats_reset_before"] = before.get("stats_reset")
-    summary["track_planning"] = plan.track_planning
-    summary["track_io_timing"] = plan.track_io_timing
-    texts: Rows = []
-    if _needs_text(ctx.options):
-        wanted = sorted({row["queryid"] for row in rows
-                         if (row["dbid"], row["userid"], row["queryid"]) not in state.kinds})
-        if wanted:
-            cur.execute(sql.SQL("""
-                SELECT dbid, userid, queryid, query FROM {}.pg_stat_statements(true)
-                WHERE queryid = ANY(%s)""").format(sql.Identifier(plan.schema)), [wanted])
-            texts = cur.fetchall()
-    return {"statements": rows, "summary": [summary], "texts": texts}
+
+
+def _tracked(step: Step) -> sql.Composed:
+    return sql.SQL("SELECT count(*) AS tracked FROM {}.pg_stat_statements(false)").format(
+        sql.Identifier(step.plan.schema))
+
+
+def _texts(step: Step) -> sql.Composed | None:
+    return None if not _unclassified(step) else sql.SQL("""
+        SELECT dbid, userid, queryid, query FROM {}.pg_stat_statements(true)
+        WHERE queryid = ANY(%s)""").format(sql.Identifier(step.plan.schema))
+
+
+def _unclassified(step: Step) -> list[int]:
+    """Query ids of statements whose text was not classified yet (read once each)."""
+    if not _needs_text(step.options):
+        return []
+    state: StatementsState = step.state
+    return sorted({row["queryid"] for row in step.rows["statements"]
+                   if (row["dbid"], row["userid"], row["queryid"]) not in state.kinds})
 
 
 def _needs_text(options: Mapping[str, Any]) -> bool:
     return bool(options["query_text"] or options["sla_exclude_queries"]
                 or not options["sla_include_utility"])
+
+
+# The reset time is read before the rows and again after them: a reset that lands
+# between the two reads makes this poll a new baseline instead of counting every
+# statement's lifetime again.
+QUERIES: dict[str, Query] = {
+    "server": Query(VersionedSQL({130000: _SERVER_MARKERS})),
+    "reset_before": Query(_reset_marker),
+    "statements": Query(_statements),
+    "tracked": Query(_tracked),
+    "reset_after": Query(_reset_marker),
+    "texts": Query(_texts, params=lambda step: [_unclassified(step)]),
+}
+
+
+def summary_of(rows: Mapping[str, Rows], plan: Plan) -> dict[str, Any]:
+    """One summary row from the per-poll queries and the plan."""
+    summary: dict[str, Any] = {**rows["server"][0], **rows["tracked"][0],
+                               "max": plan.maximum, "track_planning": plan.track_planning,
+                               "track_io_timing": plan.track_io_timing}
+    if rows["reset_after"]:
+        summary.update(rows["reset_after"][0])
+        summary["stats_reset_before"] = rows["reset_before"][0]["stats_reset"]
+    return summary
 
 
 # --- pure parts -----------------------------------------------------------------------------
@@ -436,7 +462,7 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     state: StatementsState = ctx.state
     options = ctx.options
     target = ctx.target
-    summary = rows["summary"][0]
+    summary = summary_of(rows, ctx.plan)
     state.configure(options)
     _classify(state, rows["texts"], options)
 
@@ -687,9 +713,9 @@ COLLECTOR = Collector(
     help="pg_stat_statements: per-statement counters (top N) and SLA latency percentiles",
     interval=60.0,
     timeout=10.0,
-    queries={},
+    queries=QUERIES,
     transform=transform,
     options=OPTIONS,
-    fetch=fetch,
+    plan=PlanStep({"facts": Query(VersionedSQL({130000: _FACTS}))}, decide),
     new_state=new_state,
 )

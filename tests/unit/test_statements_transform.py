@@ -14,6 +14,7 @@ from hiw_monitor.analysis.querytext import safe_text
 from hiw_monitor.collectors.base import Context, ServerInfo
 from hiw_monitor.collectors.statements import (
     OPTIONS,
+    Plan,
     new_state,
     transform,
 )
@@ -63,13 +64,24 @@ class FakeStatements:
         return out
 
 
+PLAN = Plan("public", {}, has_info=True, track_planning=False, track_io_timing=False,
+            maximum=5000)
+
+
+def rows_for(fake, *, server=None, reset=None, texts=()):
+    """The per-poll queries' rows: server markers, the reset time read before and after
+    the statements (None: no pg_stat_statements_info, as on 13), the statements."""
+    before, after = reset if reset is not None else (None, None)
+    info = [] if reset is None else [{"dealloc": 0, "stats_reset": after}]
+    return {"server": [server or {"system_identifier": 1, "timeline": 1, "started": 0.0}],
+            "reset_before": [] if reset is None else [{"dealloc": 0, "stats_reset": before}],
+            "statements": fake.rows(), "tracked": [{"tracked": len(fake.stats)}],
+            "reset_after": info, "texts": list(texts)}
+
+
 def run(state, fake, now, opts, reset_at=1.0, texts=()):
-    rows = {"statements": fake.rows(),
-            "summary": [{"max": 5000, "tracked": len(fake.stats), "dealloc": 0,
-                         "stats_reset": reset_at, "track_planning": False,
-                         "track_io_timing": False}],
-            "texts": list(texts)}
-    ctx = Context("t", SERVER, opts, now, state)
+    rows = rows_for(fake, reset=(reset_at, reset_at), texts=texts)
+    ctx = Context("t", SERVER, opts, now, state, PLAN)
     return {f.name: f for f in transform(rows, ctx)}
 
 
@@ -439,11 +451,13 @@ def test_buckets_below_the_grid_resolution_are_a_config_error(tmp_path):
 
 
 def run_with(state, fake, now, opts, summary):
-    rows = {"statements": fake.rows(),
-            "summary": [{"max": 5000, "tracked": len(fake.stats), "track_planning": False,
-                         "track_io_timing": False, **summary}],
-            "texts": []}
-    return {f.name: f for f in transform(rows, Context("t", SERVER, opts, now, state))}
+    server = {key: summary.get(key) for key in ("system_identifier", "timeline", "started")}
+    reset = None
+    if "stats_reset" in summary:
+        reset = (summary.get("stats_reset_before", summary["stats_reset"]),
+                 summary["stats_reset"])
+    rows = rows_for(fake, server=server, reset=reset)
+    return {f.name: f for f in transform(rows, Context("t", SERVER, opts, now, state, PLAN))}
 
 
 def histogram_samples(families):
