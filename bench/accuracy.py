@@ -1138,6 +1138,18 @@ def conclusions(results: Sequence[Result]) -> list[str]:
                 f"{r.scenario.key}: client {ms(r.client.p95)} ms, server {ms(r.server.p95)} ms"
                 for r in overhead if r.client) + "): time the server does not measure. The "
             "agent reports execution time, by design.")
+    missed = [r for r in results if abs(relative_error(r.agent.p95, r.server.p95)) > GOAL]
+    if missed:
+        flagged = [r for r in missed if in_band(r)]
+        unflagged = [r for r in missed if not in_band(r)]
+        line = (f"- Uncertainty: where p95 misses the goal ({keys(missed)}), the agent's own "
+                "band (`hiw_sla_query_latency_band_seconds`, its p94 to p96) contains the "
+                f"server truth in {len(flagged)} of {len(missed)}")
+        line += f" ({keys(flagged)})." if flagged else "."
+        if unflagged:
+            line += (f" Not in {keys(unflagged)}: there the estimate is off and its band does "
+                     "not show it.")
+        lines.append(line)
     lines.append("")
     return lines
 
