@@ -175,6 +175,13 @@ class Plan:
     track_io_timing: bool
     maximum: int  # pg_stat_statements.max
 
+    @property
+    def toplevel(self) -> bool:
+        """Whether nested statements can be left out (the ``toplevel`` column, 14+). On 13
+        (pg_stat_statements 1.8) with ``pg_stat_statements.track = all``, statements run
+        inside functions are counted too, SLA latency included."""
+        return "toplevel" in self.columns
+
 
 # what a statement's text says about it, learned once per statement (bit flags)
 RESET_REASONS = ("server_changed", "reset_during_read", "stats_reset", "entry_reset")
@@ -371,7 +378,8 @@ def summary_of(rows: Mapping[str, Rows], plan: Plan) -> dict[str, Any]:
     """One summary row from the per-poll queries and the plan."""
     summary: dict[str, Any] = {**rows["server"][0], **rows["tracked"][0],
                                "max": plan.maximum, "track_planning": plan.track_planning,
-                               "track_io_timing": plan.track_io_timing}
+                               "track_io_timing": plan.track_io_timing,
+                               "toplevel": plan.toplevel}
     if rows["reset_after"]:
         summary.update(rows["reset_after"][0])
         summary["stats_reset_before"] = rows["reset_before"][0]["stats_reset"]
@@ -458,16 +466,11 @@ def _entry_restarted(row: Mapping[str, Any], delta: Mapping[str, float],
     return sumsq < total * total / calls * (1.0 - 1e-6) - slack
 
 
-def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
-    state: StatementsState = ctx.state
-    options = ctx.options
-    target = ctx.target
-    summary = summary_of(rows, ctx.plan)
-    state.configure(options)
-    _classify(state, rows["texts"], options)
-
-    by_key = {(r["dbid"], r["userid"], r["queryid"]): r for r in rows["statements"]}
-    cumulative = {key: _cumulative(row) for key, row in by_key.items()}
+def _interval(state: StatementsState, summary: Mapping[str, Any], by_key: Mapping[Key, Any],
+              cumulative: Mapping[Key, Mapping[str, float]]
+              ) -> tuple[dict[Key, dict[str, float]], bool]:
+    """This interval's increments per statement, with every kind of reset accounted for
+    (and counted in ``state.baselines``), and whether this poll only set a baseline."""
     since = {key: row["stats_since"] for key, row in by_key.items() if "stats_since" in row}
     reason = _new_baseline(state, summary)
     reset_at = summary.get("stats_reset")
@@ -477,7 +480,7 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     state.last_reset = reset_at
     if reason in ("server_changed", "reset_during_read"):
         state.tracker.forget()
-    had_baseline = state.tracker.has_baseline
+    baseline = not state.tracker.has_baseline
     restarts = state.tracker.restarts
     deltas = state.tracker.update(cumulative, full_reset=reason == "stats_reset", since=since)
     restarts = state.tracker.restarts - restarts
@@ -489,24 +492,23 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     if reason is not None:
         state.baselines[reason] = state.baselines.get(reason, 0.0) + 1
     state.baselines["entry_reset"] = state.baselines.get("entry_reset", 0.0) + restarts
+    return deltas, baseline
 
-    promoted = state.membership.update(
-        {key: delta["total"] for key, delta in deltas.items()}, by_key, ctx.now,
-        lifetime=None if had_baseline else {k: v["total"] for k, v in cumulative.items()})
+
+def _account(state: StatementsState, deltas: Mapping[Key, Mapping[str, float]],
+             promoted: set[Key], by_key: Mapping[Key, Any], now: float) -> None:
+    """Add each increment to exactly one exported series: its statement's, or "other"."""
     members = state.membership.members
     # A statement that leaves the top N (or pg_stat_statements) stops being exported, but
     # its sums are kept for an hour: if it comes back, its counter continues upward. After
     # that its series has long been stale in Prometheus, and a new one may start at 0.
     for key in members:
-        state.last_member[key] = ctx.now
+        state.last_member[key] = now
     for key, seen in list(state.last_member.items()):
-        if ctx.now - seen > FORGET_AFTER:
+        if now - seen > FORGET_AFTER:
             del state.last_member[key]
             state.totals.pop(key, None)
             state.labels.pop(key, None)
-    for cache in (state.texts, state.kinds):
-        for key in [k for k in cache if k not in by_key]:
-            del cache[key]
     # The poll that promotes a statement counts its interval under "other" and starts its
     # series where it stood (0 when new): rate() and increase() then see every later
     # interval, and the sum over all series stays the server's total.
@@ -523,9 +525,28 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
         state.labels[key] = (row["datname"] or f"(dropped database {key[0]})",
                              row["rolname"] or f"(dropped role {key[1]})")
 
-    yield from _statement_families(state, target, summary, options)
+
+def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
+    state: StatementsState = ctx.state
+    options = ctx.options
+    summary = summary_of(rows, ctx.plan)
+    state.configure(options)
+    _classify(state, rows["texts"], options)
+    by_key = {(r["dbid"], r["userid"], r["queryid"]): r for r in rows["statements"]}
+    for cache in (state.texts, state.kinds):  # bounded: only statements still tracked
+        for key in [k for k in cache if k not in by_key]:
+            del cache[key]
+    cumulative = {key: _cumulative(row) for key, row in by_key.items()}
+    deltas, baseline = _interval(state, summary, by_key, cumulative)
+    # no interval yet (first poll, new server): free places are filled by lifetime totals
+    lifetime = {key: values["total"] for key, values in cumulative.items()} if baseline \
+        else None
+    promoted = state.membership.update(
+        {key: delta["total"] for key, delta in deltas.items()}, by_key, ctx.now, lifetime)
+    _account(state, deltas, promoted, by_key, ctx.now)
+    yield from _statement_families(state, ctx.target, summary, options)
     yield from _latency_families(state, ctx, by_key, deltas, cumulative)
-    yield from _summary_families(state, summary, target)
+    yield from _summary_families(state, summary, ctx.target)
 
 
 def _statement_families(state: StatementsState, t: str, summary: Mapping[str, Any],
@@ -681,7 +702,13 @@ def _summary_families(state: StatementsState, summary: Mapping[str, Any], t: str
     fill = gauge("hiw_statements_fill_ratio",
                  "Entries / pg_stat_statements.max; near 1, entries are being evicted.")
     fill.add_metric([t], float(summary["tracked"]) / float(summary["max"]))
-    yield from (tracked, maximum, fill)
+    toplevel = gauge("hiw_statements_toplevel_tracked",
+                     "1: only top-level statements count (pg_stat_statements 1.9+, "
+                     "PostgreSQL 14+); 0: no toplevel column (13), so with "
+                     "pg_stat_statements.track = all nested statements (inside functions) "
+                     "are counted too, SLA latency included.")
+    toplevel.add_metric([t], 1.0 if summary.get("toplevel", True) else 0.0)
+    yield from (tracked, maximum, fill, toplevel)
     if "dealloc" in summary:
         dealloc = counter("hiw_statements_deallocations",
                           "Times pg_stat_statements evicted entries to make room (14+).")
