@@ -143,6 +143,28 @@ def plan_of(target: Target, collector: Collector) -> Planned | None:
     return known if known is not None and known.generation == target.generation else None
 
 
+def _explain(target: Target, collector: Collector, settings: CollectorSettings, state: Any
+             ) -> Reason | None:
+    """After a failure that may mean the plan is out of date: the reason a new plan gives
+    (with its fix) when it says the collector cannot run here, else None. Not kept: the
+    next run plans again, as after any such failure."""
+    if collector.plan is None or target.server is None:
+        return None
+    step = Step(options=settings.options, server=target.server, state=state)
+    try:
+        with target.transaction(settings.timeout) as cur:
+            rows = run_queries(cur, collector.plan.queries, step)
+        collector.plan.decide(rows, step)
+    except ReasonedError as exc:
+        return None if isinstance(exc, TargetUnavailable) else exc.reason
+    except (psycopg.Error, OSError):  # the failure being explained stands
+        return None
+    except Exception:
+        log.exception("collector_bug", target=target.name, collector=collector.name,
+                      step="explain")
+    return None
+
+
 def _query(target: Target, collector: Collector, settings: CollectorSettings, state: Any
            ) -> tuple[Mapping[str, Rows], Context]:
     with target.transaction(settings.timeout) as cur:
@@ -187,6 +209,7 @@ def run_collection(target: Target, collector: Collector, settings: CollectorSett
             error = classify(exc)
             if error.code in REPLAN_ON and not isinstance(exc, Skipped):
                 target.plans.pop(collector.name, None)  # out of date? plan again
+                error = _explain(target, collector, settings, state) or error
         except Exception as exc:
             error = classify(exc)
             log.exception("collector_bug", target=target.name, collector=collector.name)
