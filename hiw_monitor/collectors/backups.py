@@ -7,6 +7,13 @@ column name, the success and running values, and the optional columns (type, err
 message, restore verification and its duration, an enabled flag) are options, so another
 schema maps without code. Optional columns that do not exist are simply not used.
 
+Where the tables are, whether this role may read them and which of the configured columns
+exist is looked up once per connection (the plan: one catalog query for both tables);
+when a table is missing, unreadable or lacks a required column, the collector is skipped
+with the reason and its fix (the option to set, the GRANTs to run) and looks again after
+``collect.REPLAN_SKIPPED_AFTER``, at a reconnect, or after a run that failed for such a
+reason. The per-backup query is composed from that plan.
+
 Ages are computed on the database clock (``now() - end_time``), so clock skew between the
 agent and the database does not matter. ``timestamp without time zone`` columns are read
 in the server's TimeZone, or in the ``timezone`` option when set. The last success is the
@@ -33,7 +40,18 @@ from prometheus_client.core import Metric
 from psycopg import sql
 
 from hiw_monitor.analysis.backups import STATUSES, Thresholds, backup_status
-from hiw_monitor.collectors.base import Collector, Context, Option, Rows, gauge, number
+from hiw_monitor.collectors.base import (
+    Collector,
+    Context,
+    Option,
+    PlanStep,
+    Query,
+    Rows,
+    Step,
+    VersionedSQL,
+    gauge,
+    number,
+)
 from hiw_monitor.errors import Reason, ReasonedError
 from hiw_monitor.units import parse_duration
 
@@ -132,61 +150,91 @@ def new_state() -> BackupsState:
     return BackupsState()
 
 
-# --- fetching -------------------------------------------------------------------------------
+# --- plan and query -------------------------------------------------------------------------
+
+# Both tables in one query, configurations first: whether the schema and the table exist,
+# whether this role may use and read them, and their columns.
+_TABLES = """
+SELECT t.role, t.relname AS table,
+       n.oid IS NOT NULL AS schema_exists,
+       n.oid IS NOT NULL AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') AS usage,
+       c.oid IS NOT NULL AS table_exists,
+       c.oid IS NOT NULL AND pg_catalog.has_table_privilege(c.oid, 'SELECT') AS can,
+       current_user AS me,
+       coalesce((SELECT pg_catalog.array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+                '{}') AS columns
+FROM (VALUES (1, 'configurations', %(configurations)s::text), (2, 'log', %(log)s::text))
+     AS t(ord, role, relname)
+LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = %(schema)s
+LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.relname
+                                AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+ORDER BY t.ord"""
+
+# table role -> the option naming the table
+_TABLE_OPTIONS = {"configurations": "configurations_table", "log": "log_table"}
 
 
-def _columns(cur: Any, schema: str, table: str, role_hint: str) -> set[str]:
-    cur.execute("""
-        SELECT n.oid IS NOT NULL AS schema_exists,
-               n.oid IS NOT NULL AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') AS usage,
-               c.oid IS NOT NULL AS table_exists,
-               c.oid IS NOT NULL AND pg_catalog.has_table_privilege(c.oid, 'SELECT') AS can,
-               current_user AS me,
-               coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
-                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
-                        '{}') AS columns
-        FROM (SELECT 1) one
-        LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = %(schema)s
-        LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = %(table)s
-                                        AND c.relkind IN ('r', 'p', 'v', 'm', 'f')""",
-                {"schema": schema, "table": table})
-    row = cur.fetchone()
-    qualified = f"{schema}.{table}"
-    if not row["schema_exists"] or not row["table_exists"]:
-        raise ReasonedError(Reason(
-            "undefined_table",
-            f"table {qualified} does not exist; set collectors.backups.{role_hint} (and "
-            "schema) to the app's backup table"))
-    if not row["usage"] or not row["can"]:
-        raise ReasonedError(Reason(
-            "permission_denied",
-            f"role {row['me']!r} cannot read {qualified}; run: GRANT USAGE ON SCHEMA "
-            f"{schema} TO {row['me']}; GRANT SELECT ON {qualified} TO {row['me']};"))
-    return set(row["columns"])
+def _tables_params(step: Step) -> dict[str, str]:
+    o = step.options
+    return {"schema": o["schema"], "configurations": o["configurations_table"],
+            "log": o["log_table"]}
 
 
-def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
-    o = ctx.options
-    if o["timezone"]:
-        cur.execute("SELECT pg_catalog.set_config('TimeZone', %s, true)", [o["timezone"]])
-    present = {
-        "configurations": _columns(cur, o["schema"], o["configurations_table"],
-                                   "configurations_table"),
-        "log": _columns(cur, o["schema"], o["log_table"], "log_table"),
-    }
-    col: dict[str, sql.Composable | None] = {}
+@dataclass(frozen=True)
+class Plan:
+    """Where the backup tables are on this server and which configured columns exist."""
+
+    schema: str
+    configurations: str  # table names
+    log: str
+    columns: Mapping[str, str | None]  # column option -> column, None when absent
+
+    @property
+    def verification(self) -> bool:
+        return self.columns["verified_column"] is not None
+
+
+def decide(rows: Mapping[str, Rows], step: Step) -> Plan:
+    """The plan from the tables' facts, or why the collector cannot run, with the fix."""
+    o = step.options
+    present: dict[str, set[str]] = {}
+    for row in rows["tables"]:
+        option = _TABLE_OPTIONS[row["role"]]
+        qualified = f"{o['schema']}.{o[option]}"
+        if not row["schema_exists"] or not row["table_exists"]:
+            raise ReasonedError(Reason(
+                "undefined_table",
+                f"table {qualified} does not exist; set collectors.backups.{option} (and "
+                "schema) to the app's backup table"))
+        if not row["usage"] or not row["can"]:
+            raise ReasonedError(Reason(
+                "permission_denied",
+                f"role {row['me']!r} cannot read {qualified}; run: GRANT USAGE ON SCHEMA "
+                f"{o['schema']} TO {row['me']}; GRANT SELECT ON {qualified} TO {row['me']};"))
+        present[row["role"]] = set(row["columns"])
+    columns: dict[str, str | None] = {}
     for option, (table, required) in _COLUMN_OPTIONS.items():
         name = o[option]
         if name and name in present[table]:
-            col[option] = sql.Identifier(name)
+            columns[option] = name
         elif required:
-            table_name = o["configurations_table" if table == "configurations" else "log_table"]
             raise ReasonedError(Reason(
                 "undefined_column",
-                f"column {name!r} is missing in {o['schema']}.{table_name}; set "
-                f"collectors.backups.{option} to the right column"))
+                f"column {name!r} is missing in {o['schema']}.{o[_TABLE_OPTIONS[table]]}; "
+                f"set collectors.backups.{option} to the right column"))
         else:
-            col[option] = None
+            columns[option] = None
+    return Plan(o["schema"], o["configurations_table"], o["log_table"], columns)
+
+
+def _backups(step: Step) -> sql.Composed:
+    """The per-backup query, composed from the plan's columns (identifiers and literals,
+    never text pasted into SQL)."""
+    o, plan = step.options, step.plan
+    assert isinstance(plan, Plan)
+    col = {option: None if name is None else sql.Identifier(name)
+           for option, name in plan.columns.items()}
 
     def log_col(option: str) -> sql.Composable:
         ident = col[option]
@@ -198,14 +246,13 @@ def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
     started = sql.SQL("l.{}::timestamptz").format(col["start_column"])
     success = sql.SQL("l.{} = {}").format(col["status_column"], sql.Literal(o["success_value"]))
     running = sql.SQL("l.{} = {}").format(col["status_column"], sql.Literal(o["running_value"]))
-    log = sql.SQL("{}.{} l").format(sql.Identifier(o["schema"]), sql.Identifier(o["log_table"]))
+    log = sql.SQL("{}.{} l").format(sql.Identifier(plan.schema), sql.Identifier(plan.log))
     same = sql.SQL("l.{} = c.{}").format(col["log_config_column"], col["id_column"])
     enabled = sql.SQL("WHERE c.{} IS NOT FALSE").format(col["enabled_column"]) \
         if col["enabled_column"] is not None else sql.SQL("")
     type_expr = sql.SQL("c.{}::text").format(col["type_column"]) \
         if col["type_column"] is not None else sql.SQL("NULL::text")
-    verified = col["verified_column"] is not None
-    query = sql.SQL("""
+    return sql.SQL("""
         SELECT c.{name}::text AS backup_name, c.{id}::text AS backup_id,
                {type_expr} AS backup_type,
                extract(epoch FROM s.ended)::float8 AS last_success,
@@ -250,17 +297,23 @@ def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
         ORDER BY 1""").format(
         name=col["name_column"], id=col["id_column"], type_expr=type_expr,
         end_time=end_time,
-        configs=sql.SQL("{}.{}").format(sql.Identifier(o["schema"]),
-                                        sql.Identifier(o["configurations_table"])),
+        configs=sql.SQL("{}.{}").format(sql.Identifier(plan.schema),
+                                        sql.Identifier(plan.configurations)),
         ended=ended, started=started, size=log_col("size_column"), log=log, same=same,
         success=success, running=running, average_over=sql.Literal(o["average_over"]),
         error=log_col("error_column"), end=col["end_column"],
         verified_col=log_col("verified_column"), restore=log_col("restore_duration_column"),
-        has_verified=sql.Literal(verified), enabled=enabled)
-    cur.execute(query)
-    rows = cur.fetchall()
-    meta = {"verification": verified}
-    return {"backups": rows, "meta": [meta]}
+        has_verified=sql.Literal(plan.verification), enabled=enabled)
+
+
+def session(options: Mapping[str, Any]) -> dict[str, str]:
+    """Timestamps without time zone are read in the ``timezone`` option, when set."""
+    return {"TimeZone": options["timezone"]} if options["timezone"] else {}
+
+
+PLAN = PlanStep({"tables": Query(VersionedSQL({130000: _TABLES}), params=_tables_params)},
+                decide)
+QUERIES: dict[str, Query] = {"backups": Query(_backups)}
 
 
 # --- transform ------------------------------------------------------------------------------
@@ -298,7 +351,8 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     per_name: Mapping[str, Thresholds] = o["thresholds"]
     default = Thresholds(o["warning_after"], o["critical_after"])
     backups = rows["backups"]
-    verification = rows["meta"][0]["verification"]
+    plan: Plan = ctx.plan
+    verification = plan.verification
 
     def fam(name: str, doc: str, extra: tuple[str, ...] = ()) -> Any:
         return gauge(name, doc, [*LABELS, *extra])
@@ -416,10 +470,11 @@ COLLECTOR = Collector(
     help="the app's backup tables: status per backup, sizes, failures, runs, RPO/RTO",
     interval=60.0,
     timeout=10.0,
-    queries={},
+    queries=QUERIES,
     transform=transform,
     options=OPTIONS,
-    fetch=fetch,
+    plan=PLAN,
+    session=session,
     new_state=new_state,
     on_failure=on_failure,
 )

@@ -10,6 +10,10 @@ Locks: only the statistics views and the catalog are read, except for relation s
 deparsed index expressions, which open the relation. Those are computed only for indexes
 whose index and table hold no ACCESS EXCLUSIVE lock (granted or awaited); the others are
 skipped and counted in ``hiw_indexes_locked_relations_skipped``.
+
+The queries are declarations run in order: the sizes query asks only for the unused and
+duplicate candidates found in the indexes rows (and is not run when there are none), the
+expected-indexes query only when expected indexes are configured.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from hiw_monitor.collectors.base import (
     Collector,
     Context,
     Option,
+    Query,
     Rows,
+    Step,
+    VersionedSQL,
     counter,
     gauge,
 )
@@ -154,37 +161,6 @@ OPTIONS: dict[str, Option] = {
 }
 
 
-def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
-    options = ctx.options
-    cur.execute(_INDEXES)
-    indexes = cur.fetchall()
-    top_n = int(options["top_n"])
-    unused, _ = unused_candidates(indexes)
-    duplicates, _ = find_duplicates(indexes)
-    wanted = {int(r["oid"]) for r in unused} | {int(d.row["oid"]) for d in duplicates}
-    sizes: Rows = []
-    if wanted:
-        cur.execute(_SIZES, {"oids": sorted(wanted)})
-        sizes = cur.fetchall()
-    params = {"min_rows": int(options["seq_scan_min_rows"]),
-              "min_scans": int(options["seq_scan_min_scans"]), "limit": top_n}
-    cur.execute(_SEQ_SCANS, params)
-    seq = cur.fetchall()
-    cur.execute(_SEQ_SCAN_COUNT, params)
-    seq_count = cur.fetchall()
-    expected: tuple[ExpectedIndex, ...] = tuple(options["expected"])
-    expected_rows: Rows = []
-    if expected:
-        cur.execute(_EXPECTED, {"names": [e.name for e in expected],
-                                "schemas": [e.schema for e in expected],
-                                "tables": [e.table for e in expected]})
-        expected_rows = cur.fetchall()
-    cur.execute(_STATS_RESET)
-    reset = cur.fetchall()
-    return {"indexes": indexes, "sizes": sizes, "seq_scans": seq, "seq_scan_count": seq_count,
-            "expected": expected_rows, "stats_reset": reset}
-
-
 # --- pure parts ---------------------------------------------------------------------------
 
 
@@ -236,6 +212,43 @@ def find_duplicates(indexes: Rows) -> tuple[list[Duplicate], int]:
                                                 not r["constraint_backed"], str(r["index"])))
         out.extend(Duplicate(row, str(ranked[0]["index"])) for row in ranked[1:])
     return out, locked
+
+
+# --- declared queries ----------------------------------------------------------------------
+
+
+def _size_params(step: Step) -> dict[str, list[int]] | None:
+    """Sizes only of the indexes that may be exported (unused or duplicate), if any."""
+    indexes = step.rows["indexes"]
+    unused, _ = unused_candidates(indexes)
+    duplicates, _ = find_duplicates(indexes)
+    wanted = {int(r["oid"]) for r in unused} | {int(d.row["oid"]) for d in duplicates}
+    return {"oids": sorted(wanted)} if wanted else None
+
+
+def _seq_scan_params(step: Step) -> dict[str, int]:
+    o = step.options
+    return {"min_rows": int(o["seq_scan_min_rows"]), "min_scans": int(o["seq_scan_min_scans"]),
+            "limit": int(o["top_n"])}
+
+
+def _expected_params(step: Step) -> dict[str, list[str]] | None:
+    """The expected indexes as three arrays, or None (not run) when none are configured."""
+    expected: tuple[ExpectedIndex, ...] = tuple(step.options["expected"])
+    if not expected:
+        return None
+    return {"names": [e.name for e in expected], "schemas": [e.schema for e in expected],
+            "tables": [e.table for e in expected]}
+
+
+QUERIES: dict[str, Query] = {
+    "indexes": Query(VersionedSQL({130000: _INDEXES})),
+    "sizes": Query(VersionedSQL({130000: _SIZES}), params=_size_params),
+    "seq_scans": Query(VersionedSQL({130000: _SEQ_SCANS}), params=_seq_scan_params),
+    "seq_scan_count": Query(VersionedSQL({130000: _SEQ_SCAN_COUNT}), params=_seq_scan_params),
+    "expected": Query(VersionedSQL({130000: _EXPECTED}), params=_expected_params),
+    "stats_reset": Query(VersionedSQL({130000: _STATS_RESET})),
+}
 
 
 def _size_map(rows: Rows) -> dict[int, float | None]:
@@ -362,8 +375,7 @@ COLLECTOR = Collector(
     help="unused, invalid and duplicate indexes, heavy sequential scans, expected indexes",
     interval=300.0,
     timeout=15.0,
-    queries={},  # fetch() runs the queries above
+    queries=QUERIES,
     transform=transform,
     options=OPTIONS,
-    fetch=fetch,
 )

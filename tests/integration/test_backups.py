@@ -6,6 +6,7 @@ import itertools
 import time
 from dataclasses import replace
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 from conftest import MONITOR_PASSWORD, start_server
@@ -63,11 +64,18 @@ class BackupDb:
         self.target = Target(TargetConfig("db", server.cluster.dsn(self.name, user="hiw_monitor"),
                                           password=MONITOR_PASSWORD), ConnectionSettings())
         self.store.register("db", "db", "backups", 60, 180)
+        self._settings: dict[str, Any] = {}
 
     def collect(self, **options):
-        settings = DEFAULTS["backups"]
-        settings = replace(settings, options=MappingProxyType({**settings.options, **options}))
-        return run_collection(self.target, BY_NAME["backups"], settings, self.store, self.state)
+        """One poll. The same options give the same settings object, as in the agent: the
+        plan made on this connection is reused, not made again because of the test."""
+        key = repr(sorted(options.items()))
+        if key not in self._settings:
+            base = DEFAULTS["backups"]
+            self._settings[key] = replace(
+                base, options=MappingProxyType({**base.options, **options}))
+        return run_collection(self.target, BY_NAME["backups"], self._settings[key],
+                              self.store, self.state)
 
     def text(self, at: float | None = None) -> str:
         """The exposition now, or as a scrape at Unix time ``at`` would see it."""

@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from hiw_monitor.collectors import ALL, connections, database
-from hiw_monitor.collectors.base import Context, ServerInfo, VersionedSQL
+from hiw_monitor.collect import run_queries
+from hiw_monitor.collectors import ALL, connections, database, indexes
+from hiw_monitor.collectors.base import Context, ServerInfo, Step, VersionedSQL
 from hiw_monitor.exposition import Exposition
 from hiw_monitor.snapshot import SnapshotStore
 
@@ -401,3 +402,98 @@ def test_pick_exact_edges():
     assert (sql.pick(129999), sql.pick(130000), sql.pick(169999), sql.pick(170000)) == (
         None, "A", "A", "B")
     assert ServerInfo(170002, "17.2", in_recovery=False).major == 17
+
+
+# --- indexes: declared queries, each depending on the options or the rows before it -------
+
+
+def index_columns() -> list[str]:
+    text = indexes.COLLECTOR.queries["indexes"].sql.pick(150000)
+    return select_columns(text[text.index("\nSELECT"):])  # the query after the CTE
+
+
+def index_row(oid: int, name: str, **values):
+    row = row_for(index_columns(), oid=oid, schema="public", table="t", index=name,
+                  idx_scan=0, indisunique=False, indisprimary=False, indisvalid=True,
+                  indisready=True, constraint_backed=False, locked=False,
+                  signature=f"sig-{oid}")
+    row.update(values)
+    return row
+
+
+def index_step(rows=None, **options) -> Step:
+    chosen = {name: option.default for name, option in indexes.OPTIONS.items()} | options
+    return Step(chosen, ServerInfo(150000, "15.0", in_recovery=False), rows=rows or {})
+
+
+class RecordingCursor:
+    """Answers every statement with no rows and remembers what was run: enough to see
+    which declared queries run and with which parameters."""
+
+    description = ()
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, object]] = []
+
+    def execute(self, text, params=None) -> None:
+        self.ran.append((text.decode() if isinstance(text, bytes) else str(text), params))
+
+    def fetchall(self) -> list:
+        return []
+
+
+def test_index_sizes_are_asked_only_for_listed_candidates():
+    rows = [index_row(3, "unused_b"), index_row(1, "unused_a"),
+            index_row(2, "scanned", idx_scan=5),
+            index_row(4, "locked", locked=True, signature=None),
+            index_row(5, "pk", indisprimary=True, indisunique=True, constraint_backed=True,
+                      signature="same", idx_scan=9),
+            index_row(6, "pk_twin", signature="same", idx_scan=9)]
+    sizes = indexes.COLLECTOR.declared()["sizes"]
+    assert sizes.params is not None
+    assert sizes.params(index_step({"indexes": rows})) == {"oids": [1, 3, 6]}
+    assert sizes.params(index_step({"indexes": rows[2:3]})) is None  # none: not run
+    assert sizes.params(index_step({"indexes": []})) is None
+
+
+def test_expected_indexes_are_queried_only_when_configured():
+    expected = indexes.COLLECTOR.declared()["expected"]
+    assert expected.params is not None
+    assert expected.params(index_step(expected=())) is None
+    chosen = indexes.parse_expected({"idx_a": {"table": "t"},
+                                     "idx_b": {"table": "u", "schema": "app"}})
+    assert expected.params(index_step(expected=chosen)) == {
+        "names": ["idx_a", "idx_b"], "schemas": ["public", "app"], "tables": ["t", "u"]}
+
+
+def test_index_queries_run_in_order_and_skip_what_is_not_needed():
+    assert list(indexes.COLLECTOR.declared()) == [
+        "indexes", "sizes", "seq_scans", "seq_scan_count", "expected", "stats_reset"]
+    assert indexes.COLLECTOR.fetch is None
+    cur = RecordingCursor()
+    rows = run_queries(cur, indexes.COLLECTOR.declared(), index_step(expected=()))
+    assert rows == {name: [] for name in indexes.COLLECTOR.declared()}
+    ran = [text for text, _ in cur.ran]
+    assert len(ran) == 4  # no candidates: no sizes; nothing expected: no expected query
+    assert "pg_stat_user_indexes" in ran[0]
+    assert "pg_relation_size" not in " ".join(ran)
+    assert "unnest" not in " ".join(ran)
+    params = [p for _, p in cur.ran[1:3]]
+    assert params == [{"min_rows": 10_000, "min_scans": 100, "limit": 50}] * 2
+
+
+def test_index_transform_on_rows_shaped_by_the_sql():
+    rows = {"indexes": [index_row(1, "unused_a"), index_row(2, "unused_b"),
+                        index_row(3, "broken", indisvalid=False, idx_scan=4)],
+            "sizes": [{"oid": 1, "size_bytes": 8192}, {"oid": 2, "size_bytes": None}],
+            "seq_scans": [], "seq_scan_count": [{"n": 0}], "expected": [],
+            "stats_reset": [{"stats_reset": 1_699_000_000.0}]}
+    options = {name: option.default for name, option in indexes.OPTIONS.items()}
+    families = by_name(indexes.transform(rows, ctx(**options)))
+    assert_target_label(families.values())
+    assert samples(families["hiw_index_unused_size_bytes"]) == {
+        (("index", "unused_a"), ("schema", "public"), ("table", "t"), ("target", TARGET)): 8192}
+    assert value_of(families["hiw_unused_indexes"]) == 1
+    assert value_of(families["hiw_indexes_locked_relations_skipped"]) == 1  # unused_b
+    assert value_of(families["hiw_invalid_indexes"]) == 1
+    assert value_of(families["hiw_index_stats_reset_timestamp_seconds"]) == 1_699_000_000.0
