@@ -56,11 +56,13 @@ class Planned:
     made_at: float  # time.monotonic()
     plan: Any = None
     skip: Reason | None = None  # why the collector cannot run here, if it cannot
+    recheck: bool = False  # made again like a skip (PlanStep.recheck)
 
     def valid(self, target: Target, options: Mapping[str, Any], now: float) -> bool:
         if self.generation != target.generation or self.options is not options:
             return False
-        return self.skip is None or now - self.made_at < REPLAN_SKIPPED_AFTER
+        lasting = self.skip is None and not self.recheck
+        return lasting or now - self.made_at < REPLAN_SKIPPED_AFTER
 
 
 def _execute(cur: Any, text: SQLText, params: Any = None) -> Rows:
@@ -119,8 +121,9 @@ def _plan(target: Target, collector: Collector, settings: CollectorSettings, cur
     if known is None or not known.valid(target, options, now):
         rows = run_queries(cur, collector.plan.queries, step)
         try:
-            planned = Planned(target.generation, options, now,
-                              plan=collector.plan.decide(rows, step))
+            plan = collector.plan.decide(rows, step)
+            recheck = collector.plan.recheck is not None and collector.plan.recheck(plan)
+            planned = Planned(target.generation, options, now, plan=plan, recheck=recheck)
         except ReasonedError as exc:
             planned = Planned(target.generation, options, now, skip=exc.reason)
         if known is None or known.skip != planned.skip:
@@ -181,7 +184,7 @@ def _query(target: Target, collector: Collector, settings: CollectorSettings, st
         cur.execute("SELECT extract(epoch FROM pg_catalog.now())::float8 AS now")
         now_row = cur.fetchone()
         assert now_row is not None
-        step = Step(options=options, server=server, state=state)
+        step = Step(options=options, server=server, state=state, now=float(now_row["now"]))
         plan = _plan(target, collector, settings, cur, step)
         ctx = Context(target=target.name, server=server, options=options,
                       now=float(now_row["now"]), state=state, plan=plan)

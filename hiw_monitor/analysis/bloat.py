@@ -27,7 +27,7 @@ otherwise). The constants are those of a 64-bit build (MAXALIGN 8).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 BLOCK_SIZE = 8192
@@ -298,3 +298,78 @@ def fillfactor_of(reloptions: Sequence[str] | None, default: int) -> int:
         if key == "fillfactor" and value.isdigit():
             return min(100, max(10, int(value)))
     return default
+
+
+# --- exact mode: rounds of measurements (pure bookkeeping) ----------------------------------
+#
+# A round measures the largest relations one by one (pgstattuple), a budget's worth per run;
+# what a run does not reach waits for the next run. The collector keeps the queue between
+# runs; these functions say what a run measures and what is left afterwards.
+
+Key = tuple[str, int]  # (kind, oid): kind "table" or "index"
+
+
+def largest(sizes: Iterable[tuple[Key, int]], n: int) -> list[Key]:
+    """The ``n`` largest relations, largest first (then by oid).
+
+    >>> largest([(("table", 3), 10), (("table", 1), 30), (("table", 2), 10)], 2)
+    [('table', 1), ('table', 2)]
+    """
+    ranked = sorted(sizes, key=lambda pair: (-pair[1], pair[0][1]))
+    return [key for key, _ in ranked[:n]]
+
+
+def current_round(queue: Sequence[Key], started: float | None, present: Collection[Key],
+                  fresh: Sequence[Key], now: float, interval: float
+                  ) -> tuple[list[Key], float | None]:
+    """This run's queue and when its round started: the queue without the relations that
+    went away; once it is empty, a new round over ``fresh`` (the largest relations now)
+    when none ran yet or the last one started ``interval`` seconds ago or more.
+
+    >>> current_round([("table", 1), ("table", 2)], 0.0, {("table", 2)}, [], 10.0, 60.0)
+    ([('table', 2)], 0.0)
+    >>> current_round([], 0.0, set(), [("index", 5)], 10.0, 60.0)  # not due yet
+    ([], 0.0)
+    >>> current_round([], 0.0, set(), [("index", 5)], 60.0, 60.0)
+    ([('index', 5)], 60.0)
+    >>> current_round([], None, set(), [("index", 5)], 10.0, 60.0)  # the first round
+    ([('index', 5)], 10.0)
+    """
+    kept = [key for key in queue if key in present]
+    if not kept and (started is None or now - started >= interval):
+        return list(fresh), now
+    return kept, started
+
+
+def measurable(queue: Sequence[Key], locked: Collection[Key]) -> list[Key]:
+    """What a run measures, in order: the queue without relations that hold or await an
+    ACCESS EXCLUSIVE lock (they are never opened; the round passes them by).
+
+    >>> measurable([("table", 1), ("table", 2), ("index", 3)], {("table", 2)})
+    [('table', 1), ('index', 3)]
+    """
+    return [key for key in queue if key not in locked]
+
+
+def remaining(queue: Sequence[Key], locked: Collection[Key], attempted: int) -> list[Key]:
+    """The queue after a run that attempted the first ``attempted`` of
+    :func:`measurable` (whatever their outcome) before its budget ran out: the attempted
+    relations and the locked ones passed on the way are done for this round; when every
+    one was attempted, nothing is left.
+
+    >>> queue = [("table", 1), ("table", 2), ("index", 3), ("index", 4)]
+    >>> remaining(queue, {("table", 2)}, 1)  # budget spent after table 1
+    [('table', 2), ('index', 3), ('index', 4)]
+    >>> remaining(queue, {("table", 2)}, 2)  # table 2 passed by, locked
+    [('index', 4)]
+    >>> remaining(queue, {("table", 2)}, 3), remaining(queue, set(queue), 0)
+    ([], [])
+    >>> remaining(queue, set(), 0)  # no time at all
+    [('table', 1), ('table', 2), ('index', 3), ('index', 4)]
+    """
+    order = measurable(queue, locked)
+    if attempted >= len(order):
+        return []
+    if attempted <= 0:
+        return list(queue)
+    return list(queue[queue.index(order[attempted - 1]) + 1:])

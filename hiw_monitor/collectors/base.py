@@ -114,6 +114,7 @@ class Step:
     plan: Any = None
     state: Any = None
     rows: Mapping[str, Rows] = field(default_factory=dict)
+    now: float | None = None  # database clock of the collection (Context.now), if known
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,9 @@ class PlanStep:
 
     queries: Mapping[str, Query]
     decide: Callable[[Mapping[str, Rows], Step], Any]
+    # True for a plan that rests on what an administrator may change while the agent stays
+    # connected (an optional extension, a grant): it is made again as often as a skip is.
+    recheck: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)

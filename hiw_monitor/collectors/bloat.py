@@ -12,6 +12,17 @@ fractions only, never values) fills the gap. The exact mode needs ``pg_stat_scan
 (part of ``pg_monitor``) and the pgstattuple extension; when it is missing the collector
 says so in ``hiw_bloat_exact_status`` and keeps estimating.
 
+How it runs: a plan per connection (:data:`_FACTS`, :func:`decide`: block size, where
+pgstattuple is and whether the role may run it, whether the statistics function exists),
+then the declared :data:`QUERIES` (tables, indexes, their key columns, the columns' widths)
+and the exact mode as a :class:`~hiw_monitor.collectors.base.Probe`: one pgstattuple call
+per relation of the round, each in its own savepoint and ``exact_timeout``, within
+``exact_budget``. The round (queue, results, failure counts) is state kept between runs:
+the probe's parameter sets are read from it, and only :func:`transform` advances it
+(with the pure helpers of ``hiw_monitor.analysis.bloat``). One thing is special: while
+exact mode is on, its plan is made again every few minutes (``PlanStep.recheck``), because
+an administrator creates the extension or grants the role while the agent stays connected.
+
 Lock safety: relations with an ``AccessExclusiveLock`` granted or requested are never
 passed to a size function or to pgstattuple (a waiting request would queue us behind
 it); they are counted in ``hiw_bloat_locked_relations_skipped``. A lock taken between
@@ -22,14 +33,11 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from prometheus_client.core import Metric
-from psycopg import errors as pgerr
 from psycopg import sql
 
 from hiw_monitor.analysis import bloat
@@ -38,23 +46,47 @@ from hiw_monitor.collectors.base import (
     Collector,
     Context,
     Option,
+    PlanStep,
+    Probe,
+    Query,
     Rows,
+    Step,
+    VersionedSQL,
     counter,
     gauge,
 )
 from hiw_monitor.errors import Reason, ReasonedError
 
 EXACT_STATES = ("disabled", "ok", "extension_missing", "permission_denied")
+# What each kind of exact measurement returns (pgstattuple_approx, pgstatindex).
+TABLE_MEASURES = ("table_len", "dead_tuple_len", "approx_free_space")
+INDEX_MEASURES = ("index_size", "leaf_pages", "internal_pages", "empty_pages",
+                  "deleted_pages", "avg_leaf_density")
 
-
-
+# The plan's facts, once per connection: the block size, and where pgstattuple is
+# installed and whether this role may execute both functions the exact mode calls
+# (to_regprocedure: NULL, never an error, when a function is missing).
 _FACTS = """
-SELECT current_setting('block_size')::int AS block_size,
+SELECT pg_catalog.current_setting('block_size')::int AS block_size,
        pg_catalog.current_database() AS db,
-       (SELECT n.nspname FROM pg_catalog.pg_extension e
-        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-        WHERE e.extname = 'pgstattuple') AS pgstattuple_schema
+       n.nspname AS pgstattuple_schema,
+       f.approx IS NOT NULL AND f.stat IS NOT NULL AS pgstattuple_complete,
+       coalesce(pg_catalog.has_function_privilege(f.approx, 'EXECUTE')
+                AND pg_catalog.has_function_privilege(f.stat, 'EXECUTE'), false)
+           AS pgstattuple_allowed
+FROM (SELECT 1) one
+LEFT JOIN pg_catalog.pg_extension e ON e.extname = 'pgstattuple'
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.to_regprocedure(
+               pg_catalog.quote_ident(n.nspname) || '.pgstattuple_approx(regclass)')::oid
+               AS approx,
+           pg_catalog.to_regprocedure(
+               pg_catalog.quote_ident(n.nspname) || '.pgstatindex(regclass)')::oid AS stat
+) f ON true
 """
+
+_STATISTICS_FUNCTION = "SELECT pg_catalog.to_regprocedure(%s) IS NOT NULL AS found"
 
 # Heap relations (tables, materialized views) at or above the size threshold, plus every
 # locked one (its size is unknown: it is counted, never measured).
@@ -200,6 +232,63 @@ def check_settings(interval: float, timeout: float, options: Mapping[str, Any]
     return problems
 
 
+# --- plan: once per connection ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the collector knows about this server until it reconnects."""
+
+    block_size: int
+    exact_status: str  # one of EXACT_STATES
+    pgstattuple_schema: str | None = None
+
+
+def _check_statistics_function(facts: Mapping[str, Any], found: Rows, function: str) -> None:
+    """Raise the reason with its fix when the configured statistics function is missing."""
+    if function and not (found and found[0]["found"]):
+        raise ReasonedError(Reason(
+            "statistics_function_missing",
+            f"statistics_function {function}() does not exist in database {facts['db']!r}; "
+            "create it as shown in docs/bloat.md or set collectors.bloat.statistics_function "
+            "to an empty string"))
+
+
+def _exact_status(facts: Mapping[str, Any], options: Mapping[str, Any]) -> str:
+    if not options["exact"]:
+        return "disabled"
+    if facts["pgstattuple_schema"] is None or not facts["pgstattuple_complete"]:
+        return "extension_missing"
+    return "ok" if facts["pgstattuple_allowed"] else "permission_denied"
+
+
+def decide(rows: Mapping[str, Rows], step: Step) -> Plan:
+    """The plan from the facts. A missing statistics function stops the collector (with
+    the fix); exact mode that cannot run here is only a status, and the estimates go on."""
+    facts = rows["facts"][0]
+    _check_statistics_function(facts, rows["statistics_function"],
+                               str(step.options["statistics_function"]))
+    return Plan(int(facts["block_size"]), _exact_status(facts, step.options),
+                facts["pgstattuple_schema"])
+
+
+def _statistics_function_sql(step: Step) -> str | None:
+    return _STATISTICS_FUNCTION if step.options["statistics_function"] else None
+
+
+PLAN = PlanStep(
+    queries={
+        "facts": Query(VersionedSQL({130000: _FACTS})),
+        "statistics_function": Query(
+            _statistics_function_sql,
+            params=lambda step: [f"{step.options['statistics_function']}()"]),
+    },
+    decide=decide,
+    # the extension and the grant may come (or go) while the agent stays connected
+    recheck=lambda plan: plan.exact_status != "disabled",
+)
+
+
 # --- state: the exact mode's round, kept between runs --------------------------------------
 
 
@@ -208,8 +297,8 @@ class BloatState:
     """Exact-mode memory of one target: the relations still to measure in this round,
     the latest measurement of each, when the round started, and failure counts."""
 
-    queue: list[tuple[str, int]] = field(default_factory=list)  # (kind, oid)
-    results: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    queue: list[bloat.Key] = field(default_factory=list)  # (kind, oid)
+    results: dict[bloat.Key, dict[str, Any]] = field(default_factory=dict)
     round_started: float | None = None
     timeouts: int = 0
     errors: int = 0
@@ -219,10 +308,32 @@ def new_state() -> BloatState:
     return BloatState()
 
 
-# --- fetching ---------------------------------------------------------------------------------
+# --- declared queries ---------------------------------------------------------------------
 
 
-def _columns_query(function: str) -> sql.Composable:
+def _min_size(step: Step) -> dict[str, Any]:
+    return {"min_size": int(step.options["min_size_bytes"])}
+
+
+def _measurable_indexes(rows: Mapping[str, Rows]) -> list[Mapping[str, Any]]:
+    return [r for r in rows["indexes"] if not r["locked"]]
+
+
+def _index_oids(step: Step) -> dict[str, Any] | None:
+    oids = [r["oid"] for r in _measurable_indexes(step.rows)]
+    return {"oids": oids} if oids else None
+
+
+def _column_relids(step: Step) -> dict[str, Any] | None:
+    """Tables (and expression indexes) whose columns' widths the estimates need."""
+    relids = {r["oid"] for r in step.rows["tables"] if not r["locked"]}
+    relids |= {r["table_oid"] for r in _measurable_indexes(step.rows)}
+    relids |= {r["index_oid"] for r in step.rows["index_columns"] if r["table_attnum"] == 0}
+    return {"relids": sorted(relids)} if relids else None
+
+
+def _columns_query(step: Step) -> sql.SQL | sql.Composed:
+    function = str(step.options["statistics_function"])
     if not function:
         return sql.SQL(_COLUMNS.format(extra_join="", extra_width="NULL", extra_null="NULL"))
     name = sql.SQL(".").join(sql.Identifier(part) for part in function.split("."))
@@ -233,113 +344,114 @@ def _columns_query(function: str) -> sql.Composable:
     return sql.SQL(template).format(join=join)
 
 
-def _check_statistics_function(cur: Any, function: str) -> None:
-    cur.execute("SELECT pg_catalog.to_regprocedure(%s) IS NOT NULL AS found,"
-                " pg_catalog.current_database() AS db", [f"{function}()"])
-    row = cur.fetchone()
-    if not row["found"]:
-        raise ReasonedError(Reason(
-            "statistics_function_missing",
-            f"statistics_function {function}() does not exist in database {row['db']!r}; "
-            "create it as shown in docs/bloat.md or set collectors.bloat.statistics_function "
-            "to an empty string"))
+def _relations(rows: Mapping[str, Rows]) -> dict[bloat.Key, Mapping[str, Any]]:
+    """This run's tables and indexes (locked ones too) by (kind, oid)."""
+    current = {("table", int(r["oid"])): r for r in rows["tables"]}
+    current.update({("index", int(r["oid"])): r for r in rows["indexes"]})
+    return current
 
 
-def fetch(cur: Any, ctx: Context) -> Mapping[str, Rows]:
-    options = ctx.options
-    cur.execute(_FACTS)
-    facts = dict(cur.fetchone())
-    function = str(options["statistics_function"])
-    if function:
-        _check_statistics_function(cur, function)
-    params = {"min_size": int(options["min_size_bytes"])}
-    cur.execute(_TABLES, params)
-    tables = cur.fetchall()
-    cur.execute(_INDEXES, params)
-    indexes = cur.fetchall()
-    measurable = [r for r in indexes if not r["locked"]]
-    index_columns: Rows = []
-    if measurable:
-        cur.execute(_INDEX_COLUMNS, {"oids": [r["oid"] for r in measurable]})
-        index_columns = cur.fetchall()
-    relids = {r["oid"] for r in tables if not r["locked"]}
-    relids |= {r["table_oid"] for r in measurable}
-    relids |= {r["index_oid"] for r in index_columns if r["table_attnum"] == 0}
-    columns: Rows = []
-    if relids:
-        cur.execute(_columns_query(function), {"relids": sorted(relids)})
-        columns = cur.fetchall()
-    exact_status, exact = _exact(cur, ctx, facts, tables, indexes)
-    facts["exact_status"] = exact_status
-    state: BloatState | None = ctx.state
-    if state is not None:
-        facts.update(exact_timeouts=state.timeouts, exact_errors=state.errors,
-                     exact_pending=len(state.queue), exact_round_started=state.round_started)
-    return {"facts": [facts], "tables": tables, "indexes": indexes, "columns": columns,
-            "index_columns": index_columns, "exact": exact}
+def _locked(current: Mapping[bloat.Key, Mapping[str, Any]]) -> set[bloat.Key]:
+    return {key for key, row in current.items() if row["locked"]}
 
 
-def _exact(cur: Any, ctx: Context, facts: Mapping[str, Any], tables: Rows, indexes: Rows
-           ) -> tuple[str, list[dict[str, Any]]]:
-    """Advance the exact-mode round within its time budget; return the status and every
-    measurement still current (relations that went away are forgotten)."""
-    state: BloatState = ctx.state if ctx.state is not None else BloatState()
-    options = ctx.options
-    if not options["exact"]:
+def _round(state: BloatState, current: Mapping[bloat.Key, Mapping[str, Any]],
+           options: Mapping[str, Any], now: float) -> tuple[list[bloat.Key], float | None]:
+    """The exact round as this run finds it: the queue and when the round started."""
+    n = int(options["exact_top_n"])
+    fresh = []
+    for kind in ("table", "index"):
+        fresh += bloat.largest([(key, int(row["size_bytes"])) for key, row in current.items()
+                                if key[0] == kind and not row["locked"]
+                                and row["size_bytes"] is not None], n)
+    return bloat.current_round(state.queue, state.round_started, current, fresh, now,
+                               float(options["exact_interval"]))
+
+
+def _exact_each(step: Step) -> list[dict[str, Any]]:
+    """The relations this run measures, in order: the round's queue (a new round when
+    one is due), without the locked ones. Reads the state; the transform advances it."""
+    plan: Plan | None = step.plan
+    if plan is None or plan.exact_status != "ok" or step.now is None:
+        return []
+    state: BloatState = step.state if step.state is not None else BloatState()
+    current = _relations(step.rows)
+    queue, _ = _round(state, current, step.options, step.now)
+    return [{"kind": kind, "oid": oid}
+            for kind, oid in bloat.measurable(queue, _locked(current))]
+
+
+def _exact_sql(step: Step) -> sql.Composed | None:
+    """One statement for both kinds, ``kind`` and ``oid`` its parameters: the branch
+    whose WHERE names the other kind becomes a one-time filter that is false, so its
+    function is never called (in custom and generic plans alike)."""
+    if not _exact_each(step):
+        return None
+    plan: Plan = step.plan
+    none = sql.SQL(", ").join(sql.SQL("NULL AS {}").format(sql.Identifier(c))
+                              for c in INDEX_MEASURES)
+    nulls = sql.SQL(", ").join(sql.SQL("NULL") for _ in TABLE_MEASURES)
+    return sql.SQL("""
+        SELECT {table_columns}, {no_index}
+        FROM {schema}.pgstattuple_approx(%(oid)s::oid::regclass)
+        WHERE %(kind)s::text = 'table'
+        UNION ALL
+        SELECT {nulls}, {index_columns}
+        FROM {schema}.pgstatindex(%(oid)s::oid::regclass)
+        WHERE %(kind)s::text = 'index'""").format(
+        table_columns=sql.SQL(", ").join(map(sql.Identifier, TABLE_MEASURES)),
+        no_index=none, nulls=nulls,
+        index_columns=sql.SQL(", ").join(map(sql.Identifier, INDEX_MEASURES)),
+        schema=sql.Identifier(plan.pgstattuple_schema or ""))
+
+
+QUERIES: dict[str, Query] = {
+    "tables": Query(VersionedSQL({130000: _TABLES}), params=_min_size),
+    "indexes": Query(VersionedSQL({130000: _INDEXES}), params=_min_size),
+    "index_columns": Query(VersionedSQL({130000: _INDEX_COLUMNS}), params=_index_oids),
+    "columns": Query(_columns_query, params=_column_relids),
+    "exact": Query(_exact_sql, probe=Probe(
+        each=_exact_each,
+        timeout=lambda options: float(options["exact_timeout"]),
+        budget=lambda options: float(options["exact_budget"]))),
+}
+
+
+# --- the exact round, advanced once per run ----------------------------------------------------
+
+
+def advance(state: BloatState, plan: Plan, rows: Mapping[str, Rows], now: float,
+            options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Take this run's measurements into the round (the only place the state changes):
+    forget relations that went away, start a round when one is due, count timeouts and
+    errors, keep the results, leave in the queue what the budget did not reach. Returns
+    the measurements still current."""
+    if plan.exact_status == "disabled":
         state.queue.clear()
         state.results.clear()
         state.round_started = None
-        return "disabled", []
-    schema = facts["pgstattuple_schema"]
-    if schema is None:
-        return "extension_missing", []
-    cur.execute(sql.SQL(
-        "SELECT pg_catalog.has_function_privilege({}, 'EXECUTE')"
-        " AND pg_catalog.has_function_privilege({}, 'EXECUTE') AS allowed").format(
-        sql.Literal(f"{schema}.pgstattuple_approx(regclass)"),
-        sql.Literal(f"{schema}.pgstatindex(regclass)")))
-    if not cur.fetchone()["allowed"]:
-        return "permission_denied", []
-
-    current = {("table", r["oid"]): r for r in tables}
-    current.update({("index", r["oid"]): r for r in indexes})
-    for key in [k for k in state.results if k not in current]:
-        del state.results[key]
-    state.queue = [key for key in state.queue if key in current]
-    interval = float(options["exact_interval"])
-    if not state.queue and (state.round_started is None
-                            or ctx.now - state.round_started >= interval):
-        state.queue = _largest(tables, "table", int(options["exact_top_n"])) + \
-            _largest(indexes, "index", int(options["exact_top_n"]))
-        state.round_started = ctx.now
-
-    cur.execute("SELECT current_setting('statement_timeout') AS timeout")
-    restore = cur.fetchone()["timeout"]
-    budget = float(options["exact_budget"])
-    started = time.monotonic()
-    try:
-        while state.queue:
-            remaining = budget - (time.monotonic() - started)
-            if remaining <= 0.05:
-                break
-            kind, oid = state.queue.pop(0)
-            row = current[(kind, oid)]
-            if row["locked"]:
-                continue  # counted with the locked relations; retried next round
-            timeout_ms = max(1, int(min(float(options["exact_timeout"]), remaining) * 1000))
-            measured = _measure(cur, schema, kind, oid, timeout_ms, state)
-            if measured is not None:
-                state.results[(kind, oid)] = {**_labels(row, kind), **measured,
-                                              "kind": kind, "measured_at": ctx.now}
-    finally:
-        cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", [restore])
-    return "ok", list(state.results.values())
-
-
-def _largest(rows: Rows, kind: str, n: int) -> list[tuple[str, int]]:
-    sized = [r for r in rows if not r["locked"] and r["size_bytes"] is not None]
-    sized.sort(key=lambda r: (-int(r["size_bytes"]), int(r["oid"])))
-    return [(kind, int(r["oid"])) for r in sized[:n]]
+        return []
+    if plan.exact_status != "ok":
+        return []
+    current = _relations(rows)
+    state.results = {key: result for key, result in state.results.items() if key in current}
+    queue, state.round_started = _round(state, current, options, now)
+    attempts = rows["exact"]
+    for attempt in attempts:
+        key = (str(attempt["kind"]), int(attempt["oid"]))
+        outcome = attempt["outcome"]
+        if outcome == "ok":
+            measures = TABLE_MEASURES if key[0] == "table" else INDEX_MEASURES
+            state.results[key] = {**_labels(current[key], key[0]),
+                                  **{m: attempt.get(m) for m in measures},
+                                  "kind": key[0], "measured_at": now}
+        elif outcome == "timeout":
+            state.timeouts += 1
+        elif outcome == "error":
+            state.errors += 1  # e.g. dropped meanwhile
+        # locked meanwhile (lock_timeout): not counted, tried again next round
+    state.queue = bloat.remaining(queue, _locked(current), len(attempts))
+    return list(state.results.values())
 
 
 def _labels(row: Mapping[str, Any], kind: str) -> dict[str, str]:
@@ -349,32 +461,6 @@ def _labels(row: Mapping[str, Any], kind: str) -> dict[str, str]:
         labels["fillfactor"] = str(bloat.fillfactor_of(row["reloptions"],
                                                         bloat.BTREE_LEAF_FILLFACTOR))
     return labels
-
-
-def _measure(cur: Any, schema: str, kind: str, oid: int, timeout_ms: int,
-             state: BloatState) -> dict[str, Any] | None:
-    """One pgstattuple call inside a savepoint, under its own statement timeout."""
-    if kind == "table":
-        query = sql.SQL("SELECT table_len, dead_tuple_len, approx_free_space"
-                        " FROM {}.pgstattuple_approx(%s::oid::regclass)")
-    else:
-        query = sql.SQL("SELECT index_size, leaf_pages, internal_pages, empty_pages,"
-                        " deleted_pages, avg_leaf_density FROM {}.pgstatindex(%s::oid::regclass)")
-    try:
-        with cur.connection.transaction():
-            cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)",
-                        [str(timeout_ms)])
-            cur.execute(query.format(sql.Identifier(schema)), [oid])
-            row = cur.fetchone()
-    except pgerr.QueryCanceled:
-        state.timeouts += 1
-        return None
-    except pgerr.LockNotAvailable:
-        return None  # locked meanwhile: try again next round
-    except psycopg.Error:
-        state.errors += 1  # e.g. dropped meanwhile
-        return None
-    return dict(row) if row is not None else None
 
 
 # --- pure parts --------------------------------------------------------------------------------
@@ -533,8 +619,10 @@ def top(results: Sequence[Result], n: int) -> list[Result]:
 
 def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     t = ctx.target
-    facts = rows["facts"][0]
-    block_size = int(facts["block_size"])
+    plan: Plan = ctx.plan
+    state: BloatState = ctx.state if ctx.state is not None else BloatState()
+    exact = advance(state, plan, rows, ctx.now, ctx.options)
+    block_size = plan.block_size
     n = int(ctx.options["top_n"])
     columns = _by_relation(rows["columns"])
     tables, tables_blind = estimate_tables(rows["tables"], columns, block_size)
@@ -584,16 +672,16 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
     locked.add_metric([t], float(len(locked_ids)))
     yield locked
 
-    yield from _exact_families(t, facts, rows["exact"], block_size)
+    yield from _exact_families(t, plan.exact_status, state, exact, block_size)
 
 
-def _exact_families(t: str, facts: Mapping[str, Any], exact: Rows, block_size: int
-                    ) -> Iterator[Metric]:
+def _exact_families(t: str, exact_status: str, state: BloatState, exact: Rows,
+                    block_size: int) -> Iterator[Metric]:
     status = gauge("hiw_bloat_exact_status", "Exact mode (pgstattuple), one-hot: disabled, "
                    "ok, extension_missing (CREATE EXTENSION pgstattuple), permission_denied "
                    "(GRANT pg_stat_scan_tables).", ["status"])
-    for state in EXACT_STATES:
-        status.add_metric([t, state], 1.0 if state == facts["exact_status"] else 0.0)
+    for name in EXACT_STATES:
+        status.add_metric([t, name], 1.0 if name == exact_status else 0.0)
     yield status
     table_ratio = gauge("hiw_table_bloat_exact_ratio", "Dead tuples plus free space over the "
                         "table's length, measured by pgstattuple_approx (exact mode).",
@@ -622,17 +710,17 @@ def _exact_families(t: str, facts: Mapping[str, Any], exact: Rows, block_size: i
     yield from (table_ratio, table_bytes, index_ratio, index_bytes)
     started = gauge("hiw_bloat_exact_round_start_timestamp_seconds", "When the current exact "
                     "round started; absent before the first one.")
-    if facts.get("exact_round_started") is not None:
-        started.add_metric([t], float(facts["exact_round_started"]))
+    if state.round_started is not None:
+        started.add_metric([t], float(state.round_started))
     pending = gauge("hiw_bloat_exact_pending_relations", "Relations of the current exact round "
                     "not measured yet (they continue at the next run).")
-    pending.add_metric([t], float(facts.get("exact_pending") or 0))
+    pending.add_metric([t], float(len(state.queue)))
     timeouts = counter("hiw_bloat_exact_timeouts", "pgstattuple calls stopped by "
                        "exact_timeout since the agent started.")
-    timeouts.add_metric([t], float(facts.get("exact_timeouts") or 0))
+    timeouts.add_metric([t], float(state.timeouts))
     errors = counter("hiw_bloat_exact_errors", "pgstattuple calls that failed otherwise "
                      "(e.g. the relation was dropped meanwhile) since the agent started.")
-    errors.add_metric([t], float(facts.get("exact_errors") or 0))
+    errors.add_metric([t], float(state.errors))
     yield from (started, pending, timeouts, errors)
 
 
@@ -642,9 +730,9 @@ COLLECTOR = Collector(
          "exact mode with pgstattuple",
     interval=900.0,
     timeout=60.0,
-    queries={},  # fetch() runs _TABLES, _INDEXES and the column queries
+    queries=QUERIES,
     transform=transform,
     options=OPTIONS,
-    fetch=fetch,
+    plan=PLAN,
     new_state=new_state,
 )

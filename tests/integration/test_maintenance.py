@@ -20,6 +20,7 @@ import pytest
 from conftest import Server
 from helpers import value, wait_for
 
+from hiw_monitor import collect
 from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import BY_NAME
 from hiw_monitor.config import ConnectionSettings, load
@@ -192,13 +193,71 @@ def test_exact_mode_reports_a_missing_extension_then_measures(db):
 
 
 def test_exact_timeout_is_a_hard_limit_and_not_fatal(db):
+    """Each pgstattuple call is a probe under its own exact_timeout: one that exceeds it
+    is counted, and the rest of the run (the estimates, the next calls) goes on."""
     db.run(make_table("big", rows=200_000), "CREATE EXTENSION pgstattuple",
            "DELETE FROM big WHERE id % 2 = 0")  # no vacuum: pgstattuple_approx reads it all
     state = BY_NAME["bloat"].new_state()
     sample = ok(db.collect("bloat", state, min_size_bytes=1_000_000, exact=True,
-                           exact_timeout=0.001))
-    assert value(sample, "hiw_bloat_exact_timeouts_total") >= 1
+                           exact_timeout=0.001, exact_interval=0.0))
+    timeouts = value(sample, "hiw_bloat_exact_timeouts_total")
+    assert timeouts >= 1
     assert series(sample, "hiw_table_bloat_exact_ratio") == {}
+    assert value(sample, "hiw_bloat_exact_status", status="ok") == 1
+    assert value(sample, "hiw_bloat_exact_pending_relations") == 0  # every call was made
+    assert value(sample, "hiw_bloat_exact_errors_total") == 0
+    assert ("public", "big", "big_pkey") in series(sample, "hiw_index_bloat_ratio")
+    # the same relations under the default exact_timeout: measured, the count stays
+    again = ok(db.collect("bloat", state, min_size_bytes=1_000_000, exact=True,
+                          exact_interval=0.0))
+    assert 0.3 < value(again, "hiw_table_bloat_exact_ratio", table="big") < 0.7
+    assert ("public", "big", "big_pkey") in series(again, "hiw_index_bloat_exact_ratio")
+    assert value(again, "hiw_bloat_exact_timeouts_total") == timeouts
+
+
+@contextlib.contextmanager
+def monitoring(db: Database, **connection: float) -> Iterator[Target]:
+    """A connection as the monitoring role that stays open across collections."""
+    config = replace(db.server.target_config(), conninfo=db.server.monitor_dsn(db.name))
+    target = Target(config, ConnectionSettings(**connection))
+    try:
+        yield target
+    finally:
+        target.close()
+
+
+def bloat_on(target: Target, state: Any, settings: Any):
+    store = SnapshotStore()
+    store.register(target.name, target.redacted, "bloat", 15, 45)
+    return ok(run_collection(target, BY_NAME["bloat"], settings, store, state))
+
+
+def test_exact_mode_follows_the_extension_and_the_grant_while_connected(db, monkeypatch):
+    """The plan is made per connection, but while exact mode is on it is made again (here:
+    at every run) so that CREATE EXTENSION, REVOKE and GRANT show without a reconnect."""
+    monkeypatch.setattr(collect, "REPLAN_SKIPPED_AFTER", 0.0)
+    db.run(make_table("bloated"), "DELETE FROM bloated WHERE id % 10 < 6", FLUSH,
+           "VACUUM ANALYZE bloated")
+    base = SETTINGS["bloat"]
+    settings = replace(base, options=MappingProxyType(
+        {**base.options, "min_size_bytes": 1_000_000, "exact": True, "exact_interval": 0.0}))
+    state = BY_NAME["bloat"].new_state()
+    revoke = ("REVOKE EXECUTE ON FUNCTION pgstattuple_approx(regclass)"
+              " FROM pg_stat_scan_tables")
+    with monitoring(db) as target:
+        missing = bloat_on(target, state, settings)
+        assert value(missing, "hiw_bloat_exact_status", status="extension_missing") == 1
+        db.run("CREATE EXTENSION pgstattuple")
+        measured = bloat_on(target, state, settings)
+        assert value(measured, "hiw_bloat_exact_status", status="ok") == 1
+        assert value(measured, "hiw_table_bloat_exact_ratio", table="bloated") > 0.5
+        db.run(revoke)
+        denied = bloat_on(target, state, settings)
+        assert value(denied, "hiw_bloat_exact_status", status="permission_denied") == 1
+        assert value(denied, "hiw_bloat_exact_errors_total") == 0  # no call was tried
+        db.run(revoke.replace("REVOKE", "GRANT").replace(" FROM ", " TO "))
+        granted = bloat_on(target, state, settings)
+        assert value(granted, "hiw_bloat_exact_status", status="ok") == 1
 
 
 # --- locks ------------------------------------------------------------------------------------
@@ -265,6 +324,28 @@ def test_locked_relations_are_skipped_never_waited_for(db, waiting):
     after = ok(db.collect("indexes"))
     assert value(after, "hiw_index_duplicate_size_bytes", index="busy_expr_again",
                  duplicate_of="busy_expr") > 0
+
+
+@pytest.mark.parametrize("waiting", [False, True], ids=["held", "awaited"])
+def test_exact_mode_never_opens_a_locked_relation(db, waiting):
+    """pgstattuple is never called on a relation that holds or awaits ACCESS EXCLUSIVE.
+    With a lock_timeout far beyond exact_timeout, a call that opened it would wait and
+    be counted as a timeout."""
+    db.run(make_table("busy", rows=30_000), make_table("calm", rows=30_000),
+           "CREATE EXTENSION pgstattuple", FLUSH, "VACUUM ANALYZE busy", "VACUUM ANALYZE calm")
+    base = SETTINGS["bloat"]
+    settings = replace(base, options=MappingProxyType(
+        {**base.options, "min_size_bytes": 500_000, "exact": True, "exact_top_n": 1000,
+         "exact_timeout": 5.0}))
+    with access_exclusive(db, "busy", waiting), monitoring(db, lock_timeout=120) as target:
+        sample = bloat_on(target, BY_NAME["bloat"].new_state(), settings)
+    assert value(sample, "hiw_bloat_exact_timeouts_total") == 0
+    assert value(sample, "hiw_bloat_exact_errors_total") == 0
+    assert ("public", "calm") in series(sample, "hiw_table_bloat_exact_ratio")
+    assert ("public", "calm", "calm_pkey") in series(sample, "hiw_index_bloat_exact_ratio")
+    assert ("public", "busy") not in series(sample, "hiw_table_bloat_exact_ratio")
+    assert ("public", "busy", "busy_pkey") not in series(sample, "hiw_index_bloat_exact_ratio")
+    assert value(sample, "hiw_bloat_locked_relations_skipped") >= 2  # busy, busy_pkey
 
 
 # --- vacuum -----------------------------------------------------------------------------------

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from hiw_monitor.analysis import bloat
 from hiw_monitor.analysis import vacuum as av
 from hiw_monitor.collectors import bloat as bloat_collector
 from hiw_monitor.collectors import indexes as indexes_collector
 from hiw_monitor.collectors import vacuum as vacuum_collector
-from hiw_monitor.collectors.base import Context, ServerInfo
+from hiw_monitor.collectors.base import Context, ServerInfo, Step
 from hiw_monitor.config import Overrides, load
-from hiw_monitor.errors import ConfigError
+from hiw_monitor.errors import ConfigError, ReasonedError
 
 TARGET = "t1"
 ALIGNS = st.sampled_from(["c", "s", "i", "d"])
@@ -182,9 +184,12 @@ def test_settings_from_server_and_reloptions():
 # --- transforms on fake rows ----------------------------------------------------------------
 
 
+NOW = 1_700_000_000.0
+
+
 def ctx(state=None, version_num: int = 150000, **options) -> Context:
     return Context(target=TARGET, server=ServerInfo(version_num, "15.x", in_recovery=False),
-                   options=options, now=1_700_000_000.0, state=state)
+                   options=options, now=NOW, state=state)
 
 
 def defaults(collector, **overrides):
@@ -220,10 +225,17 @@ def column_rows(relid, varlena_width=None):
     return rows
 
 
-def bloat_rows(tables, columns, indexes=(), index_columns=(), exact=(), **facts):
-    return {"facts": [{"block_size": 8192, "exact_status": "disabled", **facts}],
-            "tables": list(tables), "indexes": list(indexes), "columns": list(columns),
+def bloat_rows(tables, columns, indexes=(), index_columns=(), exact=()):
+    """Rows in the shape of the collector's declared queries (``exact``: probe attempts)."""
+    return {"tables": list(tables), "indexes": list(indexes), "columns": list(columns),
             "index_columns": list(index_columns), "exact": list(exact)}
+
+
+def bloat_ctx(state=None, exact_status="disabled", now=NOW, **options) -> Context:
+    plan = bloat_collector.Plan(8192, exact_status, None if exact_status == "disabled"
+                                else "public")
+    return replace(ctx(state, **defaults(bloat_collector.COLLECTOR, **options)), plan=plan,
+                   now=now)
 
 
 def test_bloat_transform_ranks_counts_and_caps():
@@ -234,8 +246,7 @@ def test_bloat_transform_ranks_counts_and_caps():
     tables.append(table_row(9, "hidden", 5000, live))  # varlena without statistics
     tables.append(table_row(10, "busy", 0, live, locked=True))
     columns = [c for i in range(1, 6) for c in column_rows(i, 40.0)] + column_rows(9)
-    families = list(bloat_collector.transform(
-        bloat_rows(tables, columns), ctx(**defaults(bloat_collector.COLLECTOR, top_n=3))))
+    families = list(bloat_collector.transform(bloat_rows(tables, columns), bloat_ctx(top_n=3)))
     ratios = samples(families, "hiw_table_bloat_ratio")
     assert set(ratios) == {("public", "t5"), ("public", "t4"), ("public", "t3")}  # top 3
     assert ratios[("public", "t5")] == pytest.approx(5 / 6, abs=0.01)
@@ -249,41 +260,269 @@ def test_bloat_transform_ranks_counts_and_caps():
                       ("permission_denied",): 0.0}
 
 
+def btree_row(oid, name, table_oid, size_pages, live, locked=False, **extra):
+    row = {"oid": oid, "schema": "public", "table": f"t{table_oid}", "index": name,
+           "table_oid": table_oid, "index_reltuples": float(live),
+           "table_reltuples": float(live), "partial": False, "reloptions": None,
+           "live_tuples": live, "dead_tuples": 0, "locked": locked,
+           "size_bytes": None if locked else size_pages * 8192}
+    row.update(extra)
+    return row
+
+
 def test_bloat_transform_indexes_use_the_table_columns_and_partial_selectivity():
     live = 200_000
     key = [bloat.Column(8, "d")]
     full_pages = bloat.expected_btree_pages(live, key)
-    idx = {"oid": 50, "schema": "public", "table": "t1", "index": "t1_id", "table_oid": 1,
-           "index_reltuples": float(live), "table_reltuples": float(live), "partial": False,
-           "reloptions": None, "live_tuples": live, "dead_tuples": 0, "locked": False,
-           "size_bytes": 2 * full_pages * 8192}
+    idx = btree_row(50, "t1_id", 1, 2 * full_pages, live)
     partial = {**idx, "oid": 51, "index": "t1_id_part", "partial": True,
                "index_reltuples": live / 10, "size_bytes": 2 * full_pages * 8192}
     keys = [{"index_oid": 50, "position": 1, "typlen": 8, "typalign": "d", "table_attnum": 1},
             {"index_oid": 51, "position": 1, "typlen": 8, "typalign": "d", "table_attnum": 1}]
     rows = bloat_rows([], column_rows(1, 30.0), [idx, partial], keys)
-    families = list(bloat_collector.transform(rows, ctx(**defaults(bloat_collector.COLLECTOR))))
+    families = list(bloat_collector.transform(rows, bloat_ctx()))
     ratios = samples(families, "hiw_index_bloat_ratio")
     assert ratios[("t1_id", "public", "t1")] == pytest.approx(0.5, abs=0.01)
     assert ratios[("t1_id_part", "public", "t1")] > 0.9  # a tenth of the entries
 
 
+TABLE_MEASURED = {"table_len": 8192 * 100, "dead_tuple_len": 8192 * 20,
+                  "approx_free_space": 8192 * 10}
+INDEX_MEASURED = {"index_size": 8192 * 11, "leaf_pages": 9, "internal_pages": 1,
+                  "empty_pages": 0, "deleted_pages": 0, "avg_leaf_density": 45.0}
+
+
+def attempt(kind, oid, outcome="ok"):
+    """One probe row as collect._probe makes it: the parameters, the columns, outcome."""
+    nulls = dict.fromkeys((*bloat_collector.TABLE_MEASURES, *bloat_collector.INDEX_MEASURES))
+    measured = {**nulls, **(TABLE_MEASURED if kind == "table" else INDEX_MEASURED)}
+    return {"kind": kind, "oid": oid, **(measured if outcome == "ok" else {}),
+            "outcome": outcome}
+
+
+def exact_step(state, rows, exact_status="ok", now=NOW, **options):
+    return Step(options=defaults(bloat_collector.COLLECTOR, exact=True, **options),
+                server=ServerInfo(150000, "15.x", in_recovery=False),
+                plan=bloat_collector.Plan(8192, exact_status, "public"), state=state,
+                rows=rows, now=now)
+
+
+def probe(state, rows, exact_status="ok", now=NOW, budget=None, **options):
+    """What collect.run_queries does with the exact query: the probe's parameter sets in
+    order (``budget``: how many fit), each measured; the rows then include the attempts."""
+    step = exact_step(state, rows, exact_status, now, **options)
+    query = bloat_collector.QUERIES["exact"]
+    assert query.probe is not None
+    each = query.probe.each(step)
+    assert (query.text(step) is None) == (not each)  # no statement when nothing to measure
+    chosen = each if budget is None else each[:budget]
+    return each, {**rows, "exact": [attempt(p["kind"], p["oid"]) for p in chosen]}
+
+
 def test_bloat_exact_rows_become_exact_families():
-    exact = [{"kind": "table", "schema": "public", "table": "t1", "table_len": 8192 * 100,
-              "dead_tuple_len": 8192 * 20, "approx_free_space": 8192 * 10, "measured_at": 1.0},
-             {"kind": "index", "schema": "public", "table": "t1", "index": "i1",
-              "fillfactor": "90", "index_size": 8192 * 11, "leaf_pages": 9, "internal_pages": 1,
-              "empty_pages": 0, "deleted_pages": 0, "avg_leaf_density": 45.0,
-              "measured_at": 1.0}]
-    rows = bloat_rows([], [], exact=exact, exact_status="ok", exact_pending=3,
-                      exact_round_started=1.0, exact_timeouts=2, exact_errors=0)
-    families = list(bloat_collector.transform(rows, ctx(**defaults(bloat_collector.COLLECTOR))))
+    state = bloat_collector.new_state()
+    rows = bloat_rows([table_row(1, "t1", 100, 1000)], [],
+                      [btree_row(2, "i1", 1, 11, 1000)])
+    each, rows = probe(state, rows)
+    assert each == [{"kind": "table", "oid": 1}, {"kind": "index", "oid": 2}]
+    rows["exact"][0]["outcome"] = "ok"
+    families = list(bloat_collector.transform(rows, bloat_ctx(state, "ok", exact=True)))
     assert value(families, "hiw_table_bloat_exact_ratio", table="t1") == pytest.approx(0.3)
     # 9 leaf pages at 45 % of a 90 % fillfactor pack into 5, + 1 internal + 1 meta = 7 of 11
     assert value(families, "hiw_index_bloat_exact_ratio", index="i1") == pytest.approx(4 / 11)
+    assert value(families, "hiw_index_bloat_exact_bytes", index="i1") == 4 * 8192
     assert value(families, "hiw_bloat_exact_status", status="ok") == 1.0
-    assert value(families, "hiw_bloat_exact_timeouts_total") == 2
-    assert value(families, "hiw_bloat_exact_pending_relations") == 3
+    assert value(families, "hiw_bloat_exact_timeouts_total") == 0
+    assert value(families, "hiw_bloat_exact_pending_relations") == 0
+    assert value(families, "hiw_bloat_exact_round_start_timestamp_seconds") == NOW
+
+
+def test_exact_probe_measures_the_largest_unlocked_in_order_within_the_round():
+    state = bloat_collector.new_state()
+    tables = [table_row(i, f"t{i}", 100 * i, 1000) for i in range(1, 5)]
+    tables.append(table_row(9, "busy", 0, 1000, locked=True))
+    indexes = [btree_row(20 + i, f"i{i}", i, 10 * i, 1000) for i in range(1, 4)]
+    rows = bloat_rows(tables, [], indexes)
+    each, first = probe(state, rows, exact_top_n=2, budget=1)
+    # the 2 largest tables, then the 2 largest indexes; the locked table is never offered
+    assert each == [{"kind": "table", "oid": 4}, {"kind": "table", "oid": 3},
+                    {"kind": "index", "oid": 23}, {"kind": "index", "oid": 22}]
+    families = list(bloat_collector.transform(
+        first, bloat_ctx(state, "ok", exact=True, exact_top_n=2)))
+    assert value(families, "hiw_bloat_exact_pending_relations") == 3  # budget: one call
+    assert set(samples(families, "hiw_table_bloat_exact_ratio")) == {("public", "t4")}
+    # the next run continues the round where the budget stopped
+    later = NOW + 900
+    each, second = probe(state, rows, now=later, exact_top_n=2)
+    assert each == [{"kind": "table", "oid": 3}, {"kind": "index", "oid": 23},
+                    {"kind": "index", "oid": 22}]
+    second["exact"][0]["outcome"] = "timeout"
+    second["exact"][1] = {**second["exact"][1], "outcome": "error"}
+    second["exact"][2] = {"kind": "index", "oid": 22, "outcome": "locked"}
+    families = list(bloat_collector.transform(
+        second, bloat_ctx(state, "ok", now=later, exact=True, exact_top_n=2)))
+    assert value(families, "hiw_bloat_exact_timeouts_total") == 1
+    assert value(families, "hiw_bloat_exact_errors_total") == 1  # locked: not an error
+    assert value(families, "hiw_bloat_exact_pending_relations") == 0
+    assert value(families, "hiw_bloat_exact_round_start_timestamp_seconds") == NOW
+    assert set(samples(families, "hiw_table_bloat_exact_ratio")) == {("public", "t4")}
+    # the round is over: nothing until exact_interval after its start
+    assert probe(state, rows, now=later + 900, exact_top_n=2)[0] == []
+    due = NOW + bloat_collector.OPTIONS["exact_interval"].default
+    assert len(probe(state, rows, now=due, exact_top_n=2)[0]) == 4
+
+
+def test_exact_round_forgets_relations_that_went_away_and_passes_locked_ones():
+    state = bloat_collector.new_state()
+    rows = bloat_rows([table_row(1, "t1", 300, 1000), table_row(2, "t2", 200, 1000),
+                       table_row(3, "t3", 100, 1000)], [])
+    _, measured = probe(state, rows, budget=1)
+    list(bloat_collector.transform(measured, bloat_ctx(state, "ok", exact=True)))
+    assert state.queue == [("table", 2), ("table", 3)]
+    # t1 dropped, t2 locked now: t3 is measured, t2 passed by until the next round
+    rows = bloat_rows([table_row(2, "t2", 200, 1000, locked=True),
+                       table_row(3, "t3", 100, 1000)], [])
+    each, measured = probe(state, rows)
+    assert each == [{"kind": "table", "oid": 3}]
+    families = list(bloat_collector.transform(measured, bloat_ctx(state, "ok", exact=True)))
+    assert set(samples(families, "hiw_table_bloat_exact_ratio")) == {("public", "t3")}
+    assert value(families, "hiw_bloat_exact_pending_relations") == 0
+    assert value(families, "hiw_bloat_locked_relations_skipped") == 1
+
+
+@pytest.mark.parametrize("status", ["extension_missing", "permission_denied"])
+def test_exact_mode_unavailable_is_a_status_and_runs_nothing(status):
+    state = bloat_collector.new_state()
+    rows = bloat_rows([table_row(1, "t1", 300, 1000)], column_rows(1, 40.0))
+    each, rows = probe(state, rows, exact_status=status)
+    assert each == []
+    families = list(bloat_collector.transform(rows, bloat_ctx(state, status, exact=True)))
+    assert value(families, "hiw_bloat_exact_status", status=status) == 1.0
+    assert samples(families, "hiw_table_bloat_exact_ratio") == {}
+    assert value(families, "hiw_table_bloat_bytes", table="t1") >= 0  # estimates go on
+
+
+def test_exact_mode_switched_off_forgets_its_round():
+    state = bloat_collector.new_state()
+    rows = bloat_rows([table_row(1, "t1", 300, 1000)], [])
+    _, measured = probe(state, rows)
+    list(bloat_collector.transform(measured, bloat_ctx(state, "ok", exact=True)))
+    assert state.results
+    assert state.round_started == NOW
+    assert probe(state, rows, exact_status="disabled")[0] == []
+    families = list(bloat_collector.transform(rows, bloat_ctx(state)))
+    assert state.results == {}
+    assert state.round_started is None
+    assert samples(families, "hiw_bloat_exact_round_start_timestamp_seconds") == {}
+
+
+def test_exact_probe_is_bounded_by_its_own_timeout_and_budget():
+    query = bloat_collector.QUERIES["exact"]
+    assert query.probe is not None
+    options = defaults(bloat_collector.COLLECTOR, exact=True, exact_timeout=3.0,
+                       exact_budget=7.0)
+    assert query.probe.timeout(options) == 3.0
+    assert query.probe.budget(options) == 7.0
+    state = bloat_collector.new_state()
+    step = exact_step(state, bloat_rows([table_row(1, "t1", 300, 1000)], []))
+    text = query.text(step)
+    assert isinstance(text, sql.Composed)
+    rendered = text.as_string(None)
+    assert '"public".pgstattuple_approx(%(oid)s::oid::regclass)' in rendered
+    assert '"public".pgstatindex(%(oid)s::oid::regclass)' in rendered
+    assert rendered.count("%(kind)s::text = ") == 2  # each function behind its kind
+
+
+FACTS = {"block_size": 8192, "db": "app", "pgstattuple_schema": "ext",
+         "pgstattuple_complete": True, "pgstattuple_allowed": True}
+
+
+@pytest.mark.parametrize(("facts", "exact", "status"), [
+    ({}, False, "disabled"),
+    ({}, True, "ok"),
+    ({"pgstattuple_schema": None, "pgstattuple_complete": False,
+      "pgstattuple_allowed": False}, True, "extension_missing"),
+    ({"pgstattuple_complete": False, "pgstattuple_allowed": False}, True,
+     "extension_missing"),  # an old version without pgstattuple_approx: update it
+    ({"pgstattuple_allowed": False}, True, "permission_denied"),
+])
+def test_plan_decides_the_exact_status(facts, exact, status):
+    step = Step(options=defaults(bloat_collector.COLLECTOR, exact=exact),
+                server=ServerInfo(150000, "15.x", in_recovery=False))
+    plan = bloat_collector.decide({"facts": [{**FACTS, **facts}], "statistics_function": []},
+                                  step)
+    assert plan == bloat_collector.Plan(8192, status, {**FACTS, **facts}["pgstattuple_schema"])
+    recheck = bloat_collector.PLAN.recheck
+    assert recheck is not None
+    assert recheck(plan) == exact  # made again while exact mode depends on the server
+
+
+def test_plan_skips_the_collector_without_its_statistics_function():
+    options = defaults(bloat_collector.COLLECTOR, statistics_function="mon.widths")
+    step = Step(options=options, server=ServerInfo(150000, "15.x", in_recovery=False))
+    query = bloat_collector.PLAN.queries["statistics_function"]
+    assert query.text(step) is not None
+    assert query.params is not None
+    assert query.params(step) == ["mon.widths()"]
+    with pytest.raises(ReasonedError) as caught:
+        bloat_collector.decide({"facts": [FACTS], "statistics_function": [{"found": False}]},
+                               step)
+    assert caught.value.reason.code == "statistics_function_missing"
+    assert "mon.widths()" in caught.value.reason.text
+    assert "'app'" in caught.value.reason.text
+    found = bloat_collector.decide({"facts": [FACTS], "statistics_function": [{"found": True}]},
+                                   step)
+    assert found.block_size == 8192
+    no_function = replace(step, options=defaults(bloat_collector.COLLECTOR))
+    assert query.text(no_function) is None  # not configured: not looked for
+
+
+def test_dependent_queries_take_their_parameters_from_earlier_rows():
+    queries = bloat_collector.QUERIES
+    tables = [table_row(1, "t1", 300, 1000), table_row(2, "busy", 0, 1000, locked=True)]
+    indexes = [btree_row(10, "i10", 3, 30, 1000), btree_row(11, "i11", 4, 0, 1000,
+                                                            locked=True)]
+    step = Step(options=defaults(bloat_collector.COLLECTOR),
+                server=ServerInfo(150000, "15.x", in_recovery=False),
+                rows={"tables": tables, "indexes": indexes})
+    assert queries["index_columns"].params is not None
+    assert queries["index_columns"].params(step) == {"oids": [10]}  # never a locked one
+    keys = [{"index_oid": 10, "position": 1, "table_attnum": 0}]  # an expression
+    step = replace(step, rows={**step.rows, "index_columns": keys})
+    assert queries["columns"].params is not None
+    assert queries["columns"].params(step) == {"relids": [1, 3, 10]}
+    empty = replace(step, rows={"tables": [tables[1]], "indexes": [indexes[1]],
+                                "index_columns": []})
+    assert queries["index_columns"].params(empty) is None  # nothing unlocked: not run
+    assert queries["columns"].params(empty) is None
+
+
+QUEUES = st.lists(st.tuples(st.sampled_from(["table", "index"]), st.integers(1, 30)),
+                  unique=True, max_size=12)
+
+
+@given(QUEUES, st.data())
+def test_a_run_takes_a_prefix_of_the_round_and_leaves_the_rest(queue, data):
+    locked = set(data.draw(st.lists(st.sampled_from(queue)) if queue else st.just([])))
+    order = bloat.measurable(queue, locked)
+    attempted = data.draw(st.integers(0, len(order)))
+    left = bloat.remaining(queue, locked, attempted)
+    assert left == queue[len(queue) - len(left):]  # a suffix, in order
+    assert not set(left) & set(order[:attempted])  # nothing measured twice in a round
+    if attempted < len(order):
+        assert set(order[attempted:]) <= set(left)  # nothing unmeasured is lost
+    else:
+        assert left == []
+
+
+@given(QUEUES, st.integers(1, 5))
+def test_every_relation_of_a_round_is_attempted_once_whatever_the_budget(queue, per_run):
+    state = {"queue": list(queue), "attempted": []}
+    while state["queue"]:
+        order = bloat.measurable(state["queue"], set())
+        state["attempted"] += order[:per_run]
+        state["queue"] = bloat.remaining(state["queue"], set(), min(per_run, len(order)))
+    assert state["attempted"] == list(queue)
 
 
 def vacuum_row(i, dead, xid_age=1000, **extra):
