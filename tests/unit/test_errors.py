@@ -124,3 +124,39 @@ def test_connect_failures_without_sqlstate(message, code):
     assert reason.code == code
     assert reason.text.startswith(message)
     assert "Is the server running" not in reason.text
+
+
+def test_password_failure_names_the_md5_under_scram_cause_with_its_fix():
+    # The server sends the same text for a wrong password and for a right one stored as an
+    # md5 hash under a scram-sha-256 pg_hba.conf line (PostgreSQL 13's default): the hint
+    # names both, and the second with the statements that fix it for this role.
+    message = ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  password '
+               'authentication failed for user "hiw_monitor"')
+    reason = classify(psycopg.OperationalError(message))
+    assert reason.code == "auth_failed"
+    assert reason.text.startswith(message + "; check the password")
+    assert "md5" in reason.text
+    assert "scram-sha-256" in reason.text
+    assert "does not have a valid SCRAM secret" in reason.text
+    assert ("SET password_encryption = 'scram-sha-256'; "
+            "ALTER ROLE hiw_monitor PASSWORD '...';") in reason.text
+
+
+@pytest.mark.parametrize(("user", "quoted"), [
+    ("mon", "mon"),
+    ("Mon", '"Mon"'),
+    ('odd "name', '"odd ""name"'),
+    ("with space", '"with space"'),
+])
+def test_the_fix_quotes_the_role_name_as_sql_needs(user, quoted):
+    # the server writes the name unescaped between double quotes
+    message = f'FATAL:  password authentication failed for user "{user}"'
+    reason = classify(psycopg.OperationalError(message))
+    assert f"ALTER ROLE {quoted} PASSWORD '...';" in reason.text
+
+
+def test_other_auth_failures_do_not_mention_md5():
+    reason = classify(psycopg.OperationalError(
+        'FATAL:  no pg_hba.conf entry for host "10.0.0.2", user "mon"'))
+    assert reason.code == "auth_failed"
+    assert "md5" not in reason.text
