@@ -129,15 +129,12 @@ def _connect_failure(exc: psycopg.OperationalError) -> Reason:
     text = _first_line(exc)
     for needle, code, fix in _CONNECT_HINTS:
         if needle in text:
+            if needle == "password authentication failed":
+                fix += _md5_under_scram(text)
             return Reason(code, f"{text}; {fix}")
     return Reason("connection", text)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-            if needle == "password authentication failed":
-                fix += _md5_under_scram(text)
 _ROLE = re.compile(r'for user "(.*)"')  # the server writes the name unescaped
 
 
@@ -162,3 +159,6 @@ def _md5_under_scram(text: str) -> str:
             f"{role} PASSWORD '...'; (or the role's VALID UNTIL has passed)")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
