@@ -20,6 +20,7 @@ from hiw_monitor.collectors.base import (
     Context,
     Probe,
     Query,
+    Result,
     Rows,
     SQLText,
     Step,
@@ -69,7 +70,9 @@ def _execute(cur: Any, text: SQLText, params: Any = None) -> Rows:
     if isinstance(text, str) and params is None:
         text = text.encode()  # no parameters: a literal % stays a %
     cur.execute(text, params)
-    return list(cur.fetchall()) if cur.description is not None else []
+    if cur.description is None:  # a statement without a result set
+        return Result()
+    return Result(cur.fetchall(), [column.name for column in cur.description])
 
 
 def _probe(cur: Any, text: SQLText, probe: Probe, step: Step) -> Rows:

@@ -20,6 +20,21 @@ from prometheus_client.core import (
 from psycopg import sql
 
 Rows = Sequence[Mapping[str, Any]]
+
+
+class Result(list[Mapping[str, Any]]):
+    """The rows of one query plus the names of the columns the server returned, in
+    order: known when there are no rows too, duplicates included (dict rows hide them).
+    What ``collect.py`` hands a transform; fake rows in tests may be plain lists."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]] = (), columns: Sequence[str] = ()
+                 ) -> None:
+        super().__init__(rows)
+        self.columns = tuple(columns)
+
+
 OptionKind = Literal["int", "float", "bool", "str", "duration", "str_list", "float_list",
                      "mapping"]
 
