@@ -85,7 +85,15 @@ _BY_CLASS: tuple[tuple[type[psycopg.Error], str, str], ...] = (
     (pgerr.CannotConnectNow, "starting_up", "the server is starting up or shutting down"),
     (pgerr.AdminShutdown, "connection", "the server terminated the connection"),
     (pgerr.InvalidCatalogName, "unknown_database", "the database does not exist; check dbname"),
+    (pgerr.ReadOnlySqlTransaction, "read_only",
+     "the statement writes or locks rows, and the agent's transactions are read-only: a "
+     "collector's SQL may only read"),
+    (pgerr.SyntaxError, "syntax_error", "fix the collector's SQL"),
 )
+
+
+# Data exceptions (SQLSTATE class 22) whose message never quotes a value.
+_DATA_SAFE = (pgerr.DivisionByZero, pgerr.StringDataRightTruncation, pgerr.NullValueNotAllowed)
 
 
 def classify(exc: BaseException) -> Reason:
@@ -100,6 +108,12 @@ def classify(exc: BaseException) -> Reason:
         return exc.reason
     if isinstance(exc, psycopg.OperationalError):
         return _connect_failure(exc)
+    if isinstance(exc, psycopg.DataError) and not isinstance(exc, _DATA_SAFE):
+        # SQLSTATE class 22: "invalid input syntax for type integer: ...", "value ... is
+        # out of range": the message may quote a row's value, kept out of logs and pages
+        return Reason(f"sqlstate_{exc.sqlstate or 'unknown'}".lower(),
+                      f"{type(exc).__name__} in the query (the server's message is not "
+                      "shown: it may quote row values); check the query's casts")
     if isinstance(exc, psycopg.Error):
         sqlstate = getattr(exc, "sqlstate", None) or "unknown"
         return Reason(f"sqlstate_{sqlstate}".lower(), _first_line(exc))
