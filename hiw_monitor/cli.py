@@ -1,12 +1,15 @@
 """The ``hiw-monitor`` command: run, once, validate-config, demo.
 
 Exit codes: 0 success, 1 a target was unreachable (``once``) or a runtime failure,
-2 a usage or configuration error. Expected failures print one line, never a traceback.
+2 a usage or configuration error, 3 a collector chosen with ``once --collector`` failed
+or was skipped by its plan on a reachable target. Expected failures print one line,
+never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import secrets
 import signal
 import sys
@@ -14,10 +17,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from types import FrameType, MappingProxyType
+from typing import Any
 
 import structlog
 
 from hiw_monitor import __version__, logs, memory
+from hiw_monitor.collect import plan_of
 from hiw_monitor.config import (
     DEFAULT_LISTEN,
     ENV_CONFIG,
@@ -33,7 +38,8 @@ from hiw_monitor.exposition import Exposition
 from hiw_monitor.scheduler import Agent
 from hiw_monitor.web import App, serve
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_COLLECTOR = 0, 1, 2, 3
+CUSTOM = "custom:"  # --collector custom:NAME names a user-defined collector
 log = structlog.get_logger("hiw_monitor.cli")
 
 
@@ -65,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     once = sub.add_parser("once", help="collect everything once and print the exposition")
     _common(once)
     once.add_argument("--openmetrics", action="store_true", help="print OpenMetrics text")
+    once.add_argument("--collector", action="append", metavar="NAME",
+                      help="run only this collector (custom:NAME for a user-defined one, "
+                      "even if disabled) and print its plan and outcome on stderr: the dry "
+                      "run while writing a collector; repeatable. Exit 3 if it fails")
     check = sub.add_parser("validate-config", help="check a config file and exit")
     check.add_argument("file", help="the YAML file to check")
     demo = sub.add_parser("demo", help="start a throwaway PostgreSQL with the HiW demo schema "
@@ -127,12 +137,85 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve_agent(config)
 
 
+def _chosen(config: Config, wanted: Sequence[str]) -> list[str]:
+    """The collectors named by ``--collector`` (``NAME`` or ``custom:NAME``)."""
+    chosen = []
+    for raw in wanted:
+        name = raw.removeprefix(CUSTOM)
+        if raw.startswith(CUSTOM) and name not in config.custom:
+            declared = ", ".join(CUSTOM + n for n in config.custom)
+            raise ConfigError("--collector", f"no user-defined collector {name!r}",
+                              f"declared: {declared}" if declared else
+                              "declare it under custom_collectors: in the file given by "
+                              "--config (see docs/writing-collectors.md)")
+        if name not in config.collectors:
+            known = ", ".join(n for n in config.collectors if n not in config.custom)
+            raise ConfigError("--collector", f"unknown collector {raw!r}",
+                              f"use one of: {known}, or custom:NAME for a user-defined one")
+        chosen.append(name)
+    return list(dict.fromkeys(chosen))
+
+
+def _summary(plan: Any) -> str:
+    """A plan in one line: its own summary(), else its fields, each cut short."""
+    summary = getattr(plan, "summary", None)
+    if callable(summary):
+        return str(summary())
+    if dataclasses.is_dataclass(plan) and not isinstance(plan, type):
+        parts = []
+        for item in dataclasses.fields(plan):
+            value = getattr(plan, item.name)
+            shown = ",".join(map(str, value)) if isinstance(value, dict) else str(value)
+            parts.append(f"{item.name}={shown[:80]}")
+        return "; ".join(parts)
+    return str(plan)[:300]
+
+
+def _report(agent: Agent, chosen: Sequence[str]) -> bool:
+    """Print each chosen collector's plan and outcome per target (stderr); True if all ran."""
+    _, _, samples = agent.store.view()
+    by_key = {(s.target, s.collector): s for s in samples}
+    ok = True
+    for target in agent.targets:
+        for name in chosen:
+            collector = agent.collectors[name]
+            label = CUSTOM + name if name in agent.config.custom else name
+            planned = plan_of(target, collector)
+            if not target.up:
+                plan = "not made: the target is unreachable"
+            elif collector.plan is None:
+                plan = "none (no plan step: its queries run on every server)"
+            elif planned is None:
+                plan = "not made"
+            elif planned.skip is not None:
+                plan = f"skipped: {planned.skip.code}: {planned.skip.text}"
+            else:
+                plan = f"installed: {_summary(planned.plan)}"
+            sample = by_key[(target.name, name)]
+            if sample.error is None:
+                series = sum(len(f.samples) for f in sample.families)
+                run = f"ok: {series} series in {sample.duration * 1000:.0f} ms"
+            elif planned is not None and planned.skip == sample.error:
+                ok, run = False, "not run (skipped by its plan)"
+            else:
+                ok = False
+                run = f"failed: {sample.error.code}: {sample.error.text}"
+            print(f"hiw-monitor: collector {label} on target {target.name}\n"
+                  f"  plan: {plan}\n  run: {run}", file=sys.stderr)
+    return ok
+
+
 def cmd_once(args: argparse.Namespace) -> int:
     config = load(_overrides(args))
     logs.configure(config.log_level, config.log_format)
+    chosen = _chosen(config, args.collector) if args.collector else []
+    if chosen:  # only these, enabled or not
+        config = replace(config, collectors=MappingProxyType(
+            {name: replace(config.collectors[name], enabled=True) for name in chosen}))
     agent = Agent(config)
     try:
         agent.collect_all_once()
+        collected = _report(agent, chosen) if chosen else True
     finally:
         for target in agent.targets:
             target.close()
@@ -144,12 +227,13 @@ def cmd_once(args: argparse.Namespace) -> int:
     if down:
         print(f"hiw-monitor: unreachable: {', '.join(down)}", file=sys.stderr)
         return EXIT_FAILURE
-    return EXIT_OK
+    return EXIT_OK if collected else EXIT_COLLECTOR
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load(Overrides(config=args.file), environ={}, require_targets=False)
-    enabled = ", ".join(f"{c.name} every {c.interval:g}s" for c in config.enabled_collectors)
+    enabled = ", ".join(f"{CUSTOM if c.name in config.custom else ''}{c.name} every "
+                        f"{c.interval:g}s" for c in config.enabled_collectors)
     print(f"{args.file}: OK: {len(config.targets)} target(s) "
           f"({', '.join(t.name for t in config.targets) or 'none: give --dsn at run time'}); "
           f"listen {config.listen[0]}:{config.listen[1]}; collectors: {enabled or 'none'}")

@@ -7,7 +7,9 @@ a frozen :class:`Config`. Nothing here connects to a database.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import psycopg
 import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from hiw_monitor.collectors import custom
 from hiw_monitor.collectors.base import Collector, Option
 from hiw_monitor.errors import ConfigError
 from hiw_monitor.units import parse_duration, parse_listen
@@ -98,6 +101,9 @@ class Config:
     source: str = "defaults"
     web: WebConfig = field(default_factory=WebConfig)  # TLS and basic auth (none by default)
     open_healthz: bool = True  # /healthz answers without credentials (for probes)
+    # user-defined SQL collectors by name (custom_collectors, custom_collectors_dir); their
+    # settings are in ``collectors`` too, after the built-ins'
+    custom: Mapping[str, Collector] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def enabled_collectors(self) -> tuple[CollectorSettings, ...]:
@@ -239,6 +245,8 @@ _TOP_KEYS = {
     "log": "level and format",
     "web_config_file": "TLS / basic auth file in the exporter-toolkit format",
     "open_healthz": "whether /healthz skips basic auth",
+    "custom_collectors": "user-defined SQL collectors (a list, or a mapping by name)",
+    "custom_collectors_dir": "a directory of *.yaml files of user-defined SQL collectors",
 }
 _CONNECTION_KEYS = {
     "connect_timeout": "", "statement_timeout": "", "lock_timeout": "",
@@ -418,6 +426,312 @@ def _collectors(
     return result
 
 
+# --- user-defined SQL collectors (see hiw_monitor/collectors/custom.py) -----------------
+
+_CUSTOM_KEYS = dict.fromkeys((
+    "name", "help", "sql", "interval", "timeout", "stale_after", "enabled", "primary_only",
+    "standby_only", "extension", "table", "metric_prefix", "max_series", "columns"), "")
+_VARIANT_KEYS = {"min_version": "", "max_version": "", "sql": ""}
+_COLUMN_KEYS = {"usage": "", "help": "", "unit": ""}
+_USAGE_FIX = "use one of: label, gauge, counter, ignore"
+
+
+def _custom_entries(raw: Any, path: str, walk: _Walk) -> list[tuple[str, Any, Any]]:
+    """(key path, raw declaration, the name its mapping key gives) of each declaration:
+    a list, a mapping by name, or (a file of its own) one declaration."""
+    if raw is None:
+        return []
+    if isinstance(raw, list):
+        return [(f"{path}[{index}]", item, None) for index, item in enumerate(raw)]
+    if isinstance(raw, dict):
+        if "sql" in raw and not isinstance(raw["sql"], dict):
+            return [(path, raw, None)]
+        return [(_join(path, key), item, key) for key, item in raw.items()]
+    walk.fail(path, f"expected a list of collectors, got {_kind(raw)}",
+              "write each collector as a list item starting with '- name:'")
+    return []
+
+
+def _custom_files(raw: Any, walk: _Walk, base: Path) -> list[tuple[str, Any, Any]]:
+    path = "custom_collectors_dir"
+    if not isinstance(raw, str) or not raw.strip():
+        walk.fail(path, f"expected a directory path, got {_kind(raw)}",
+                  "write the path of a directory of *.yaml files")
+        return []
+    folder = Path(raw) if Path(raw).is_absolute() else base / raw
+    if not folder.is_dir():
+        walk.fail(path, f"{str(folder)!r} is not a directory",
+                  "create it or fix the path (a relative path is relative to the config file)")
+        return []
+    entries = []
+    for file in sorted(f for f in folder.iterdir() if f.suffix in (".yaml", ".yml")):
+        try:
+            document = _read_file(str(file))
+        except ConfigError as exc:
+            walk.problems.append(exc)
+            continue
+        entries += _custom_entries(document or None, str(file), walk)
+    return entries
+
+
+def _sql_text(value: Any, path: str, walk: _Walk) -> str | None:
+    text = walk.typed(value, path, str, "the query as a string")
+    if text is None:
+        return None
+    count = custom.statement_count(text)
+    if count == 0:
+        walk.fail(path, "holds no SQL statement", "write one SELECT")
+        return None
+    if count > 1:
+        walk.fail(path, f"holds {count} statements",
+                  "write one SELECT (a trailing semicolon is fine): a collector runs one "
+                  "read-only statement")
+        return None
+    return str(text)
+
+
+def _version(value: Any, path: str, walk: _Walk) -> int | None:
+    try:
+        return custom.version_num(value)
+    except (TypeError, ValueError) as exc:
+        walk.fail(path, str(exc), 'write a version like "13", "15.2" or 150002')
+        return None
+
+
+def _custom_sql(raw: Any, path: str, walk: _Walk) -> tuple[custom.SQLVariant, ...]:
+    if isinstance(raw, str):
+        text = _sql_text(raw, path, walk)
+        return () if text is None else (custom.SQLVariant(text),)
+    if not isinstance(raw, list) or not raw:
+        walk.fail(path, f"expected the query or a list of versions, got {_kind(raw)}",
+                  "write sql: SELECT ..., or a list of {min_version, max_version, sql}")
+        return ()
+    variants = []
+    for index, item in enumerate(raw):
+        where = f"{path}[{index}]"
+        entry = walk.mapping(item, where, _VARIANT_KEYS)
+        if not isinstance(item, dict):
+            continue
+        if "sql" not in entry:
+            walk.fail(where, "has no sql", "add sql: the query for these versions")
+            continue
+        text = _sql_text(entry["sql"], f"{where}.sql", walk)
+        low = _version(entry["min_version"], f"{where}.min_version", walk) \
+            if "min_version" in entry else 0
+        high = _version(entry["max_version"], f"{where}.max_version", walk) \
+            if "max_version" in entry else None
+        if text is None or low is None or ("max_version" in entry and high is None):
+            continue
+        if high is not None and high <= low:
+            walk.fail(where, "max_version is not above min_version",
+                      "ranges are half-open, [min_version, max_version): make max the larger")
+            continue
+        variants.append(custom.SQLVariant(text, low, high))
+    ordered = sorted(variants, key=lambda v: v.min_version)
+    for before, after in itertools.pairwise(ordered):
+        if before.max_version is None or before.max_version > after.min_version:
+            walk.fail(path, f"version ranges '{before.label}' and '{after.label}' overlap",
+                      "ranges are half-open [min_version, max_version): end one where "
+                      "the next begins")
+    return tuple(ordered)
+
+
+def _custom_column(key: Any, raw: Any, path: str, walk: _Walk) -> custom.Column | None:
+    if not isinstance(key, str) or not key:
+        walk.fail(path, "a column name must be a non-empty string", "quote the column name")
+        return None
+    spec = walk.mapping(raw, path, _COLUMN_KEYS) if isinstance(raw, dict) else {"usage": raw}
+    usage_path = f"{path}.usage" if isinstance(raw, dict) else path
+    usage = spec.get("usage")
+    if usage is None:
+        walk.fail(usage_path, "has no usage", _USAGE_FIX)
+        return None
+    if usage not in custom.USAGES:
+        walk.fail(usage_path, f"unknown usage {usage!r}", _USAGE_FIX)
+        return None
+    help_text = walk.typed(spec.get("help", ""), f"{path}.help", str, "a string")
+    unit = walk.typed(spec.get("unit", ""), f"{path}.unit", str, "a string")
+    if unit and usage not in ("gauge", "counter"):
+        walk.fail(f"{path}.unit", f"a {usage} column has no unit", "remove unit:")
+    elif unit and not custom.METRIC_NAME.fullmatch(unit):
+        walk.fail(f"{path}.unit", f"{unit!r} is not a valid unit",
+                  "use a base unit such as seconds, bytes or ratio")
+    if usage == "label" and (not custom.LABEL_NAME.fullmatch(key) or key.startswith("__")):
+        walk.fail(path, f"{key!r} is not a valid label name",
+                  "alias the column in the SQL to letters, digits and _ (not starting with "
+                  "a digit or __)")
+    elif usage == "label" and key in custom.RESERVED_LABELS:
+        walk.fail(path, f"label {key!r} is reserved (every series carries it)",
+                  "alias the column in the SQL to another name")
+    elif usage in ("gauge", "counter") and not re.fullmatch(r"[a-zA-Z0-9_]+", key):
+        walk.fail(path, f"{key!r} cannot be part of a metric name",
+                  "alias the column in the SQL to letters, digits and _")
+    if help_text is None or unit is None:
+        return None
+    return custom.Column(key, usage, help_text, unit)
+
+
+def _custom_columns(raw: Any, path: str, walk: _Walk) -> tuple[custom.Column, ...]:
+    if not isinstance(raw, dict) or not raw:
+        walk.fail(path, "no columns declared" if raw is None or raw == {} else
+                  f"expected a mapping of columns, got {_kind(raw)}",
+                  "map every column the query returns to label, gauge, counter or ignore")
+        return ()
+    columns = [_custom_column(key, spec, _join(path, key), walk) for key, spec in raw.items()]
+    found = tuple(c for c in columns if c is not None)
+    if len(found) == len(columns) and not any(c.is_value for c in found):
+        walk.fail(path, "no value column", "declare at least one column as gauge or counter")
+    return found
+
+
+def _flag(entry: Mapping[str, Any], key: str, path: str, walk: _Walk) -> bool:
+    if key not in entry:
+        return False
+    return bool(walk.typed(entry[key], f"{path}.{key}", bool, "true or false"))
+
+
+def _names(entry: Mapping[str, Any], key: str, path: str, walk: _Walk, pattern: re.Pattern[str],
+           what: str) -> tuple[str, ...]:
+    raw = entry.get(key)
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        walk.fail(f"{path}.{key}", f"expected {what} or a list of them, got {_kind(raw)}",
+                  f"write {what}")
+        return ()
+    for item in items:
+        if not pattern.fullmatch(item):
+            walk.fail(f"{path}.{key}", f"{item!r} is not {what}", f"write {what}")
+    return tuple(items)
+
+
+def _declaration(raw: Any, path: str, key: Any, walk: _Walk) -> custom.Declaration | None:
+    if not isinstance(raw, dict):
+        walk.fail(path, f"expected a mapping, got {_kind(raw)}",
+                  "write the collector as name:, sql:, columns: (see docs/writing-collectors.md)")
+        return None
+    before = len(walk.problems)
+    entry = walk.mapping(raw, path, _CUSTOM_KEYS)
+    name = entry.get("name", key)
+    if key is not None and "name" in entry and entry["name"] != key:
+        walk.fail(f"{path}.name", f"{entry['name']!r} differs from the key {key!r}",
+                  "drop name: (the key names the collector) or make them equal")
+    if name is None:
+        walk.fail(path, "has no name", "add name: an identifier such as job_queue")
+    elif not isinstance(name, str) or not custom.COLLECTOR_NAME.fullmatch(name):
+        walk.fail(f"{path}.name" if "name" in entry else path,
+                  f"{name!r} is not a valid collector name",
+                  "use letters, digits and _ (at most 63, not starting with a digit)")
+    help_text = walk.typed(entry.get("help", ""), f"{path}.help", str, "a string")
+    if "sql" not in entry:
+        walk.fail(path, "has no sql", "add sql: the query (one SELECT)")
+    sql = _custom_sql(entry["sql"], f"{path}.sql", walk) if "sql" in entry else ()
+    if "columns" not in entry:
+        walk.fail(path, "has no columns",
+                  "add columns: each column the query returns with its usage")
+    columns = _custom_columns(entry["columns"], f"{path}.columns", walk) \
+        if "columns" in entry else ()
+    interval = custom.DEFAULT_INTERVAL
+    if "interval" in entry:
+        interval = walk.duration(entry["interval"], f"{path}.interval", 0.1) or interval
+    timeout = custom.DEFAULT_TIMEOUT
+    if "timeout" in entry:
+        timeout = walk.duration(entry["timeout"], f"{path}.timeout", 0.01) or timeout
+    stale_after = None
+    if "stale_after" in entry:
+        stale_after = walk.duration(entry["stale_after"], f"{path}.stale_after", 0.1)
+        if stale_after is not None and stale_after < interval:
+            walk.fail(f"{path}.stale_after", "is shorter than the interval",
+                      "use at least the interval (default: 3 x interval)")
+    enabled = entry.get("enabled", True)
+    if "enabled" in entry:
+        enabled = walk.typed(entry["enabled"], f"{path}.enabled", bool, "true or false")
+    primary_only = _flag(entry, "primary_only", path, walk)
+    standby_only = _flag(entry, "standby_only", path, walk)
+    if primary_only and standby_only:
+        walk.fail(f"{path}.standby_only", "primary_only and standby_only are both true",
+                  "keep one of them: no server is both")
+    extensions = _names(entry, "extension", path, walk, custom.EXTENSION_NAME,
+                        "an extension name")
+    tables = _names(entry, "table", path, walk, custom.TABLE_NAME,
+                    "a table name such as public.job_queue")
+    prefix = None
+    if "metric_prefix" in entry:
+        prefix = walk.typed(entry["metric_prefix"], f"{path}.metric_prefix", str, "a string")
+        if prefix is not None and not custom.METRIC_NAME.fullmatch(prefix):
+            walk.fail(f"{path}.metric_prefix", f"{prefix!r} cannot start a metric name",
+                      "use letters, digits and _, not starting with a digit, e.g. hiw_jobs_")
+    max_series = custom.DEFAULT_MAX_SERIES
+    if "max_series" in entry:
+        max_series = walk.typed(entry["max_series"], f"{path}.max_series", int, "an integer")
+        if max_series is not None and max_series < 1:
+            walk.fail(f"{path}.max_series", f"{max_series!r} is below the minimum",
+                      "use at least 1")
+    if len(walk.problems) > before:
+        return None
+    return custom.Declaration(
+        name=name, sql=sql, columns=columns, help=help_text, interval=interval,
+        timeout=timeout, stale_after=stale_after, enabled=bool(enabled), metric_prefix=prefix,
+        max_series=max_series, primary_only=primary_only, standby_only=standby_only,
+        extensions=extensions, tables=tables)
+
+
+def _custom_collectors(top: Mapping[str, Any], walk: _Walk, known: Mapping[str, Collector],
+                       base: Path) -> list[custom.Declaration]:
+    """Every declaration, validated alone and against the others and the built-ins."""
+    entries = _custom_entries(top.get("custom_collectors"), "custom_collectors", walk)
+    if "custom_collectors_dir" in top:
+        entries += _custom_files(top["custom_collectors_dir"], walk, base)
+    builtin = custom.builtin_metric_names()
+    names: dict[str, str] = {}  # collector name -> where declared
+    metrics: dict[str, str] = {}  # metric name -> the column that exports it
+    found = []
+    for path, raw, key in entries:
+        decl = _declaration(raw, path, key, walk)
+        if decl is None:
+            continue
+        where = f"{path}.name" if key is None else path
+        if decl.name in known:
+            walk.fail(where, f"{decl.name!r} is the name of a built-in collector",
+                      "give the custom collector another name")
+            continue
+        if decl.name in names:
+            walk.fail(where, f"duplicate collector name {decl.name!r} (also {names[decl.name]})",
+                      "give every collector its own name")
+            continue
+        names[decl.name] = path
+        if _custom_metrics(decl, path, walk, builtin, metrics):
+            found.append(decl)
+    return found
+
+
+def _custom_metrics(decl: custom.Declaration, path: str, walk: _Walk, builtin: frozenset[str],
+                    metrics: dict[str, str]) -> bool:
+    """Check the declaration's metric names against the built-in ones and those already
+    declared (``metrics``, which gains its names); False if one is invalid or taken."""
+    ok = True
+    try:
+        names = decl.metric_names()
+    except ValueError:
+        walk.fail(f"{path}.metric_prefix", f"{decl.prefix!r} + a column is not a metric name",
+                  "use a metric_prefix starting with a letter or _, e.g. hiw_jobs_")
+        return False
+    for column, (family, wire) in names.items():
+        where = _join(f"{path}.columns", column)
+        taken = next(((n, f"the built-in metric {n}") for n in (family, wire) if n in builtin),
+                     None) or next(((n, metrics[n]) for n in (family, wire) if n in metrics),
+                                   None)
+        if taken is not None:
+            walk.fail(where, f"metric {wire} collides with {taken[1]}",
+                      "choose another metric_prefix or column alias (docs/metrics.md lists "
+                      "the built-in metrics)")
+            ok = False
+            continue
+        metrics[family] = metrics[wire] = where
+    return ok
+
+
 def _read_file(path: str) -> Any:
     file = Path(path)
     try:
@@ -526,6 +840,13 @@ def load(
                   "make backoff_max >= backoff_initial")
 
     collectors = _collectors(top.get("collectors"), walk, known)
+    base = Path(config_path).parent if config_path else Path.cwd()
+    declarations = _custom_collectors(top, walk, known, base)
+    for decl in declarations:
+        collectors[decl.name] = CollectorSettings(
+            name=decl.name, enabled=decl.enabled, interval=decl.interval,
+            timeout=decl.timeout, stale_after=decl.stale_after or 3 * decl.interval,
+            options=MappingProxyType({}))
 
     # log
     log = walk.mapping(top.get("log"), "log", {"level": "", "format": ""})
@@ -568,4 +889,5 @@ def load(
         source=source,
         web=web,
         open_healthz=open_healthz,
+        custom=MappingProxyType({decl.name: custom.build(decl) for decl in declarations}),
     )

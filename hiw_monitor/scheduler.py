@@ -20,7 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from hiw_monitor.collect import run_collection
-from hiw_monitor.collectors import BY_NAME
+from hiw_monitor.collectors import with_custom
 from hiw_monitor.config import Config
 from hiw_monitor.snapshot import SnapshotStore
 from hiw_monitor.target import Target
@@ -36,12 +36,14 @@ class Agent:
         self.config = config
         self.store = store or SnapshotStore()
         self.targets = [Target(t, config.connection) for t in config.targets]
+        # the built-in collectors and the user-defined ones, by name
+        self.collectors = with_custom(config.custom)
         self._job_keys: dict[str, tuple[str, str]] = {}  # job id -> (target, collector)
         # per-(target, collector) memory of the collectors that keep some (deltas, windows)
         self.states: dict[tuple[str, str], Any] = {}
         for target in self.targets:
             for settings in config.enabled_collectors:
-                new_state = BY_NAME[settings.name].new_state
+                new_state = self.collectors[settings.name].new_state
                 if new_state is not None:
                     self.states[(target.name, settings.name)] = new_state()
         self.heartbeat = time.monotonic()
@@ -97,7 +99,7 @@ class Agent:
         return None
 
     def run_one(self, target: Target, name: str) -> None:
-        run_collection(target, BY_NAME[name], self.config.collectors[name], self.store,
+        run_collection(target, self.collectors[name], self.config.collectors[name], self.store,
                        self.states.get((target.name, name)))
 
     def collect_all_once(self) -> None:

@@ -1,11 +1,14 @@
 """Every collector the agent knows, listed explicitly (no plugin discovery)."""
 
+from collections.abc import Mapping
+
 from hiw_monitor.collectors import (
     backups,
     bloat,
     connections,
     database,
     indexes,
+    replication,
     statements,
     vacuum,
     wal_archiving,
@@ -21,5 +24,13 @@ ALL: tuple[Collector, ...] = (
     vacuum.COLLECTOR,
     indexes.COLLECTOR,
     bloat.COLLECTOR,
+    replication.COLLECTOR,
 )
 BY_NAME: dict[str, Collector] = {c.name: c for c in ALL}
+
+
+def with_custom(custom: Mapping[str, Collector]) -> dict[str, Collector]:
+    """Every collector the agent runs by name: the built-ins above, then the user-defined
+    SQL collectors of the config (``Config.custom``, built by ``collectors.custom``), whose
+    names the config keeps apart from the built-ins'."""
+    return {**BY_NAME, **custom}

@@ -129,3 +129,66 @@ def test_run_stops_cleanly_on_sigterm(pg):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# --- the dry run: once --collector -------------------------------------------------------------
+
+
+def dry_run(pg, tmp_path, *collectors: str, declarations: str = "", dsn: str | None = None):
+    from test_custom_collectors import grant_reader, write_config
+
+    config = write_config(tmp_path, declarations)
+    return hiw("once", "--config", config, "--dsn", dsn or grant_reader(pg), "--target-name",
+               "hiw", *(arg for name in collectors for arg in ("--collector", name)))
+
+
+def test_dry_run_of_a_custom_collector_prints_its_exposition_and_plan(pg, tmp_path):
+    result = dry_run(pg, tmp_path, "custom:job_queue")
+    assert result.returncode == 0, result.stderr
+    assert sample(result.stdout, "hiw_collector_up", collector="job_queue") == 1
+    assert sample(result.stdout, "hiw_collector_up", collector="connections") is None
+    assert sample(result.stdout, "hiw_custom_job_queue_pending",
+                  job_type="refresh_analytics_summary") > 0
+    assert "hiw-monitor: collector custom:job_queue on target hiw\n" \
+        "  plan: installed: sql for every version; table public.job_queue readable\n" \
+        "  run: ok: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dry_run_of_a_failing_or_skipped_collector_exits_3_with_the_reason(pg, tmp_path):
+    broken = "  - {name: broken, sql: SELECT 'x'::text AS n, columns: {n: gauge}}\n"
+    result = dry_run(pg, tmp_path, "custom:broken", declarations=broken)
+    assert result.returncode == 3, result.stderr
+    assert "  plan: installed: sql for every version; no predicates\n" in result.stderr
+    assert "  run: failed: not_numeric: column n returned text, not a number" in result.stderr
+    assert sample(result.stdout, "hiw_collector_up", collector="broken") == 0
+
+    # hiw_monitor as the demo schema creates it may not read the job queue: skipped
+    skipped = dry_run(pg, tmp_path, "custom:job_queue",
+                      dsn=pg.cluster.dsn(HIW_DB, user="hiw_monitor",
+                                         password=MONITOR_PASSWORD))
+    assert skipped.returncode == 3, skipped.stderr
+    assert "  plan: skipped: permission_denied: role 'hiw_monitor' may not SELECT from " \
+        "public.job_queue; run: GRANT SELECT ON public.job_queue TO hiw_monitor;\n" \
+        "  run: not run (skipped by its plan)" in skipped.stderr
+
+
+def test_dry_run_of_built_in_collectors_shows_their_plan(pg, tmp_path):
+    result = dry_run(pg, tmp_path, "statements", "connections")
+    assert result.returncode == 0, result.stderr
+    assert "hiw-monitor: collector statements on target hiw\n  plan: installed: schema=" \
+        in result.stderr
+    assert "hiw-monitor: collector connections on target hiw\n" \
+        "  plan: none (no plan step: its queries run on every server)" in result.stderr
+    assert sample(result.stdout, "hiw_collector_up", collector="statements") == 1
+    assert sample(result.stdout, "hiw_collector_up", collector="job_queue") is None
+
+
+def test_dry_run_of_an_unknown_collector_is_a_usage_error(pg, tmp_path):
+    assert_one_line_error(dry_run(pg, tmp_path, "custom:nope"),
+                          "--collector: no user-defined collector 'nope'",
+                          "custom:analytics_summary, custom:job_queue")
+    assert_one_line_error(dry_run(pg, tmp_path, "custom:connections"),
+                          "no user-defined collector 'connections'")
+    assert_one_line_error(dry_run(pg, tmp_path, "nope"), "unknown collector 'nope'",
+                          "custom:NAME")

@@ -504,6 +504,26 @@ def test_documented_example_validates():
     assert config.collectors["connections"].options["top_applications"] == 10
 
 
+def test_documented_example_loads_the_custom_collector_examples(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # custom_collectors_dir is relative to the file, not the cwd
+    config = load(Overrides(config=str(REPO / "config" / "hiw_monitor.yaml")), environ={})
+    assert list(config.custom) == ["analytics_summary", "job_queue"]
+    assert [c.name for c in config.enabled_collectors][-2:] == ["analytics_summary",
+                                                                "job_queue"]
+    assert config.collectors["analytics_summary"].interval == 300
+    assert config.collectors["job_queue"].stale_after == 180
+
+
+def test_custom_collectors_are_not_configured_under_collectors(tmp_path):
+    error = load_error(tmp_path, """
+        custom_collectors:
+          - {name: jobs, sql: SELECT 1 AS n, columns: {n: gauge}}
+        collectors:
+          jobs: {interval: 5m}
+    """, dsn=DSN)
+    assert paths(error) == ["collectors.jobs"]
+
+
 # --- redact ------------------------------------------------------------------------------
 
 # Printable, no whitespace, quotes or backslashes (those need quoting in key=value form).
