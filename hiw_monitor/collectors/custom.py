@@ -296,8 +296,8 @@ SELECT current_user AS me, pg_catalog.current_database() AS db,
        ARRAY(SELECT t.name FROM pg_catalog.unnest(%(tables)s::text[])
                                 WITH ORDINALITY AS t(name, position)
              WHERE pg_catalog.to_regclass(t.name) IS NOT NULL
-               AND NOT pg_catalog.has_table_privilege(pg_catalog.to_regclass(t.name),
-                                                      'SELECT')
+               AND NOT pg_catalog.has_any_column_privilege(pg_catalog.to_regclass(t.name),
+                                                           'SELECT')
              ORDER BY t.position) AS unreadable
 """
 # After the user's statement, still inside its transaction: a statement that changed a

@@ -580,6 +580,9 @@ $$;
 GRANT pg_monitor TO hiw_monitor;
 GRANT USAGE ON SCHEMA public TO hiw_monitor;
 GRANT SELECT ON public.backup_configurations, public.backup_execution_log TO hiw_monitor;
+-- the job queue examples of config/custom/: the scheduling columns only, never payload or
+-- last_error (which may carry application data)
+GRANT SELECT (job_type, status, scheduled_at, finished_at) ON public.job_queue TO hiw_monitor;
 
 
 -- -----------------------------------------------------------------------------

@@ -275,12 +275,33 @@ def test_bad_input_fails_alone_with_a_clear_reason(pg, runner_for):
 
 
 def test_a_table_the_role_may_not_read_names_the_grant(pg, runner_for):
-    """hiw_monitor, as the demo schema creates it, has no SELECT on the job queue."""
-    runner = runner_for(examples=True, dsn=pg.monitor_dsn() + " password=monitor-test-pw")
-    sample = runner.run("job_queue")
+    """hiw_monitor, as the demo schema creates it, may not read the facilitators."""
+    runner = runner_for("""
+  - name: facilitators
+    table: public.facilitators
+    sql: SELECT count(*) AS n FROM public.facilitators
+    columns: {n: gauge}
+""", examples=False, dsn=pg.monitor_dsn() + " password=monitor-test-pw")
+    sample = runner.run("facilitators")
     assert sample.error is not None
     assert sample.error.code == "permission_denied"
-    assert "GRANT SELECT ON public.job_queue TO hiw_monitor;" in sample.error.text
+    assert "GRANT SELECT ON public.facilitators TO hiw_monitor;" in sample.error.text
+
+
+def test_the_examples_need_only_the_job_queue_scheduling_columns(pg, runner_for):
+    """The demo role holds SELECT on four columns of job_queue (never payload or
+    last_error), as README's grants say: enough for both examples."""
+    runner = runner_for(examples=True, dsn=pg.monitor_dsn() + " password=monitor-test-pw")
+    for name in ("job_queue", "analytics_summary"):
+        sample = runner.run(name)
+        assert sample.error is None, (name, sample.error)
+    with pg.admin() as admin:
+        pending = admin.execute(
+            "SELECT count(*) FROM public.job_queue WHERE status = 'pending'").fetchone()[0]
+    exported = runner.run("job_queue")
+    total = sum(s.value for f in exported.families for s in f.samples
+                if s.name == "hiw_custom_job_queue_pending")
+    assert total == pending
 
 
 def test_sql_is_chosen_by_server_version(pg, runner_for):
