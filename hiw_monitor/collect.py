@@ -36,7 +36,7 @@ log = structlog.get_logger("hiw_monitor.collect")
 
 # A collector whose plan said it cannot run here looks again after this long (the app may
 # create its table, an administrator the extension), besides at every reconnect.
-REPLAN_SKIPPED_AFTER = 300.0
+REPLAN_SKIPPED_AFTER = 60.0
 # Run failures that may mean the plan is out of date (a table dropped, a grant revoked,
 # an extension removed): the next run plans again.
 REPLAN_ON = frozenset({"undefined_table", "undefined_column", "undefined_function",
