@@ -10,7 +10,8 @@ the HiW demo schema loaded, on every server version the agent claims:
 
 Which versions a test on the shared ``pg`` server runs on is decided per module
 (:func:`pg_versions`, :data:`MODULE_VERSIONS`): the collector, statements, backups, plan,
-hostile-names and versions modules run on :data:`MATRIX` (13, 15, 17, 18), catalog and
+custom-collector, hostile-names and versions modules run on :data:`MATRIX` (13, 15, 17,
+18), catalog and
 maintenance on 15, 17 and 18; the heavy fault, load, agent, CLI and end-to-end modules stay
 on :data:`VERSIONS` (15 and 18). A module may set ``PG_VERSIONS`` itself.
 
@@ -57,6 +58,8 @@ MODULE_VERSIONS: dict[str, tuple[str, ...]] = {
     "test_statements": MATRIX,
     "test_backups": MATRIX,
     "test_plan": MATRIX,
+    "test_plan_backups": MATRIX,
+    "test_custom_collectors": MATRIX,
     "test_hostile_names": MATRIX,
     # 13 lacks the 14+ families the catalog lists: test_versions checks 13's exact gap
     "test_catalog": ("pg15", "pg17", "pg18"),

@@ -223,7 +223,7 @@ BAD = """
   - {name: missing_extension, extension: pg_trgm, sql: "SELECT 1 AS n", columns: {n: gauge}}
   - {name: standby, standby_only: true, sql: "SELECT 1 AS n", columns: {n: gauge}}
   - name: old_servers_only
-    sql: [{max_version: "14", sql: "SELECT 1 AS n"}]
+    sql: [{max_version: "13", sql: "SELECT 1 AS n"}]
     columns: {n: gauge}
   - {name: fine, sql: "SELECT 1 AS n", columns: {n: gauge}}
 """
@@ -240,7 +240,7 @@ EXPECTED = {
     "missing_table": ("undefined_table", "table public.nowhere does not exist"),
     "missing_extension": ("extension_missing", "CREATE EXTENSION pg_trgm;"),
     "standby": ("not_standby", "this server is a primary"),
-    "old_servers_only": ("unsupported_version", "the declaration covers before 14"),
+    "old_servers_only": ("unsupported_version", "the declaration covers before 13"),
 }
 
 
