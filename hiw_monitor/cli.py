@@ -166,7 +166,7 @@ def _summary(plan: Any) -> str:
         for item in dataclasses.fields(plan):
             value = getattr(plan, item.name)
             shown = ",".join(map(str, value)) if isinstance(value, dict) else str(value)
-            parts.append(f"{item.name}={shown[:80]}")
+            parts.append(f"{item.name}={shown if len(shown) <= 80 else shown[:79] + '…'}")
         return "; ".join(parts)
     return str(plan)[:300]
 
