@@ -23,6 +23,7 @@ import structlog
 
 from hiw_monitor import __version__, logs, memory
 from hiw_monitor.collect import plan_of
+from hiw_monitor.collectors import PGBOUNCER_NAMES
 from hiw_monitor.config import (
     DEFAULT_LISTEN,
     ENV_CONFIG,
@@ -178,6 +179,8 @@ def _report(agent: Agent, chosen: Sequence[str]) -> bool:
     ok = True
     for target in agent.targets:
         for name in chosen:
+            if (target.name, name) not in by_key:
+                continue  # not run on this kind of target (PostgreSQL or PgBouncer)
             collector = agent.collectors[name]
             label = CUSTOM + name if name in agent.config.custom else name
             planned = plan_of(target, collector)
@@ -202,6 +205,13 @@ def _report(agent: Agent, chosen: Sequence[str]) -> bool:
                 run = f"failed: {sample.error.code}: {sample.error.text}"
             print(f"hiw-monitor: collector {label} on target {target.name}\n"
                   f"  plan: {plan}\n  run: {run}", file=sys.stderr)
+    for name in chosen:
+        if not any(collector == name for _, collector in by_key):
+            ok = False
+            reads = ("PgBouncer's admin console (a target with type: pgbouncer)"
+                     if name in PGBOUNCER_NAMES else "PostgreSQL (a target of type postgresql)")
+            print(f"hiw-monitor: collector {name} runs on no target here: it reads {reads}",
+                  file=sys.stderr)
     return ok
 
 

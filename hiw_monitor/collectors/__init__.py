@@ -8,6 +8,7 @@ from hiw_monitor.collectors import (
     connections,
     database,
     indexes,
+    pgbouncer,
     replication,
     statements,
     vacuum,
@@ -26,7 +27,11 @@ ALL: tuple[Collector, ...] = (
     bloat.COLLECTOR,
     replication.COLLECTOR,
 )
-BY_NAME: dict[str, Collector] = {c.name: c for c in ALL}
+# PgBouncer's admin console: these run on targets with type: pgbouncer, which run nothing
+# else (ALL above, and user-defined collectors, read PostgreSQL).
+PGBOUNCER: tuple[Collector, ...] = (pgbouncer.COLLECTOR,)
+PGBOUNCER_NAMES = frozenset(c.name for c in PGBOUNCER)
+BY_NAME: dict[str, Collector] = {c.name: c for c in (*ALL, *PGBOUNCER)}
 
 
 def with_custom(custom: Mapping[str, Collector]) -> dict[str, Collector]:

@@ -259,6 +259,13 @@ NO_DATA_EXPECTED = {
 }
 
 
+# Dashboards whose source this stack does not run, and where their queries are checked.
+NO_DATA_DASHBOARDS = {
+    "HiW — PgBouncer": "no PgBouncer here: tests/integration/test_pgbouncer.py runs its "
+                       "queries against a real Prometheus during a classroom burst",
+}
+
+
 def test_every_dashboard_query_returns_data(stack):
     from dashboards_lib import panel_queries
 
@@ -270,8 +277,8 @@ def test_every_dashboard_query_returns_data(stack):
         checked += 1
         if not stack.query(expr):
             empty.append((dashboard, panel, expr))
-    unexplained = [(d, p, e) for d, p, e in empty
-                   if not any(key in p for key in NO_DATA_EXPECTED)]
+    unexplained = [(d, p, e) for d, p, e in empty if d not in NO_DATA_DASHBOARDS
+                   and not any(key in p for key in NO_DATA_EXPECTED)]
     assert checked > 50
     assert unexplained == [], "\n".join(f"{d} | {p} | {e}" for d, p, e in unexplained)
     # and the explained ones are not everything: most panels do show data
