@@ -33,6 +33,7 @@ EXPECTED = {
     "hiw-backups.json": ("hiw-backups", "HiW — Backups and DR"),
     "hiw-maintenance.json": ("hiw-maintenance", "HiW — Bloat and maintenance"),
     "hiw-connections.json": ("hiw-connections", "HiW — Connections"),
+    "hiw-replication.json": ("hiw-replication", "HiW — Replication"),
     "hiw-pgbouncer.json": ("hiw-pgbouncer", "HiW — PgBouncer"),
 }
 FILES = dashboard_files()
