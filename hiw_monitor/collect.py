@@ -184,13 +184,11 @@ def _query(target: Target, collector: Collector, settings: CollectorSettings, st
         if collector.session is not None:
             for name, value in collector.session(options).items():
                 cur.execute("SELECT pg_catalog.set_config(%s, %s, true)", [name, value])
-        cur.execute("SELECT extract(epoch FROM pg_catalog.now())::float8 AS now")
-        now_row = cur.fetchone()
-        assert now_row is not None
-        step = Step(options=options, server=server, state=state, now=float(now_row["now"]))
+        now = target.clock(cur)
+        step = Step(options=options, server=server, state=state, now=now)
         plan = _plan(target, collector, settings, cur, step)
         ctx = Context(target=target.name, server=server, options=options,
-                      now=float(now_row["now"]), state=state, plan=plan)
+                      now=now, state=state, plan=plan)
         if collector.fetch is not None:
             return collector.fetch(cur, ctx), ctx
         rows = run_queries(cur, collector.declared(), replace(step, plan=plan))

@@ -18,6 +18,7 @@ command), reconnect with backoff, one connection per target.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import socket
 import threading
@@ -63,7 +64,8 @@ def _ms(seconds: float) -> int:
 # The statement collect.py opens every collection with (the database's clock, for the
 # transform's Context.now). PgBouncer's console has no SELECT and no clock to read: a
 # console cursor answers it from the agent's clock.
-_CLOCK_SQL = "SELECT extract(epoch FROM pg_catalog.now())::float8 AS now"
+_CLOCK_SQL = ("SELECT extract(epoch FROM pg_catalog.now())::float8 AS now, "
+              "pg_catalog.pg_is_in_recovery() AS in_recovery")
 # What PgBouncer answers in server_version (ParameterStatus): "1.18.0/bouncer".
 _BOUNCER_SUFFIX = "/bouncer"
 
@@ -84,36 +86,18 @@ class _ConsoleCursor(psycopg.ClientCursor[dict[str, Any]]):
     the extended protocol with "extended query protocol not supported by admin console";
     a plain psycopg cursor switches to it on the 5th run of the same statement).
 
-    The clock statement collect.py starts each collection with is answered from the
-    agent's clock; anything else that is not a SHOW (SELECT, SET, parameters) is refused
-    here, with the reason, before it reaches the console."""
-
-    _clock: list[dict[str, Any]] | None = None
+    Anything that is not a SHOW (SELECT, SET, parameters) is refused here, with the
+    reason, before it reaches the console."""
 
     def execute(self, query: Query, params: Params | None = None, *,
                 prepare: bool | None = None, binary: bool | None = None) -> Self:
         words = _words(query, self)
-        if words.lower() == _CLOCK_SQL.lower() and params is None:
-            self._clock = [{"now": time.time()}]
-            return self
-        self._clock = None
         if params is not None:
             raise psycopg.ProgrammingError("PgBouncer's admin console takes no query parameters")
         if words.split(" ", 1)[0].upper() != "SHOW":
             raise psycopg.ProgrammingError(
                 f"PgBouncer's admin console runs only SHOW commands, not {words[:40]!r}")
         return super().execute(query, prepare=False, binary=False)
-
-    def fetchone(self) -> dict[str, Any] | None:
-        if self._clock is not None:
-            return self._clock.pop(0) if self._clock else None
-        return super().fetchone()
-
-    def fetchall(self) -> list[dict[str, Any]]:
-        if self._clock is not None:
-            rows, self._clock = self._clock, []
-            return rows
-        return super().fetchall()
 
 
 def _bouncer_version(text: str) -> tuple[str, int]:
@@ -458,6 +442,25 @@ class Target:
         finally:
             if watched is not None:
                 watched.deadline = session_deadline
+
+    def clock(self, cur: psycopg.Cursor[dict[str, Any]]) -> float:
+        """The server's clock in seconds since the epoch, read in the collection's
+        transaction (ages are computed on it); PgBouncer has none, so the agent's.
+
+        The same statement re-reads whether the server is in recovery: a standby promoted
+        (or a primary demoted) while the agent stays connected gets a new role in
+        ``server``, and the plans made for the old role are made again."""
+        if self.kind == PGBOUNCER:
+            return time.time()
+        cur.execute(_CLOCK_SQL)
+        row = cur.fetchone()
+        assert row is not None
+        server = self.server
+        if server is not None and bool(row["in_recovery"]) != server.in_recovery:
+            self.server = dataclasses.replace(server, in_recovery=bool(row["in_recovery"]))
+            self.generation += 1
+            log.info("role_changed", target=self.name, in_recovery=self.server.in_recovery)
+        return float(row["now"])
 
     @staticmethod
     def probe(cur: psycopg.Cursor[dict[str, Any]], query: SQLText,

@@ -174,3 +174,21 @@ def pg15_own() -> Iterator[Server]:
     server = start_server("pg15")
     yield server
     server.cluster.destroy()
+
+
+@pytest.fixture(autouse=True)
+def _uncached_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI run in-process configures structlog to cache each logger on first use,
+    after which ``structlog.testing.capture_logs`` in any later test sees nothing: keep
+    the CLI's configuration, without the cache."""
+    import structlog
+
+    from hiw_monitor import logs
+
+    configure = logs.configure
+
+    def uncached(*args: object, **kwargs: object) -> None:
+        configure(*args, **kwargs)  # type: ignore[arg-type]
+        structlog.configure(cache_logger_on_first_use=False)
+
+    monkeypatch.setattr(logs, "configure", uncached)

@@ -163,13 +163,15 @@ def test_dry_run_of_a_failing_or_skipped_collector_exits_3_with_the_reason(pg, t
     assert "  run: failed: not_numeric: column n returned text, not a number" in result.stderr
     assert sample(result.stdout, "hiw_collector_up", collector="broken") == 0
 
-    # hiw_monitor as the demo schema creates it may not read the job queue: skipped
-    skipped = dry_run(pg, tmp_path, "custom:job_queue",
+    # hiw_monitor as the demo schema creates it may not read the facilitators: skipped
+    private = ("  - {name: facilitators, table: public.facilitators,\n"
+               "     sql: SELECT count(*) AS n FROM public.facilitators, columns: {n: gauge}}\n")
+    skipped = dry_run(pg, tmp_path, "custom:facilitators", declarations=private,
                       dsn=pg.cluster.dsn(HIW_DB, user="hiw_monitor",
                                          password=MONITOR_PASSWORD))
     assert skipped.returncode == 3, skipped.stderr
     assert "  plan: skipped: permission_denied: role 'hiw_monitor' may not SELECT from " \
-        "public.job_queue; run: GRANT SELECT ON public.job_queue TO hiw_monitor;\n" \
+        "public.facilitators; run: GRANT SELECT ON public.facilitators TO hiw_monitor;\n" \
         "  run: not run (skipped by its plan)" in skipped.stderr
 
 

@@ -263,6 +263,9 @@ NO_DATA_EXPECTED = {
 NO_DATA_DASHBOARDS = {
     "HiW — PgBouncer": "no PgBouncer here: tests/integration/test_pgbouncer.py runs its "
                        "queries against a real Prometheus during a classroom burst",
+    "HiW — Replication": "no standby here: tests/integration/test_replication.py runs its "
+                         "queries against a real Prometheus watching a primary and its "
+                         "standby",
 }
 
 
