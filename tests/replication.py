@@ -14,25 +14,17 @@ and a real Prometheus scraping an agent (:func:`prometheus`, :func:`promql`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import shutil
-import subprocess
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from conftest import HIW_DB, Server, start_server
-from helpers import http_get
-from tools import require
 
-from hiw_monitor.demo.cluster import Cluster, free_port
+from hiw_monitor.demo.cluster import Cluster
 
-RULES = Path(__file__).parents[1] / "alerts" / "hiw_monitor.rules.yml"
 
 # Replication feedback every second instead of 10: the primary sees the standby's write,
 # flush and replay positions (and pg_stat_replication's lag columns) move sooner.
@@ -126,47 +118,3 @@ class Topology:
         with self.primary.admin(dbname) as conn:
             cur = conn.execute(statement.encode())
             return list(cur.fetchall()) if cur.description else []
-
-
-# --- a real Prometheus ----------------------------------------------------------------------
-
-@contextlib.contextmanager
-def prometheus(tmp: Path, agent_url: str) -> Iterator[str]:
-    """A real Prometheus scraping the agent every second, with the bundled rules whose
-    ``for:`` is shortened to 1 s; yields its URL."""
-    binary = require("prometheus")
-    rules = tmp / "rules.yml"
-    rules.write_text(re.sub(r"^(\s+)for: \S+$", r"\1for: 1s", RULES.read_text(),
-                            flags=re.MULTILINE).replace("interval: 30s", "interval: 1s"))
-    port = free_port()
-    config = tmp / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
-        "scrape_configs": [{"job_name": "hiw-monitor", "static_configs": [
-            {"targets": [agent_url.removeprefix("http://")]}]}],
-    }))
-    with (tmp / "prometheus.log").open("w") as log:
-        process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-
-
-def promql(url: str, expr: str) -> list[dict[str, Any]]:
-    """The result of an instant query ([] while Prometheus is not answering yet)."""
-    try:
-        reply = http_get(f"{url}/api/v1/query?query={urllib.parse.quote(expr)}")
-        body = json.loads(reply.body)
-    except (OSError, ValueError):
-        return []
-    return body["data"]["result"] if body.get("status") == "success" else []

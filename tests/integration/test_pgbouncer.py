@@ -22,15 +22,12 @@ Waits are hang guards (generous), never verdicts.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import os
 import re
 import signal
 import subprocess
 import threading
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -40,13 +37,13 @@ import psycopg
 import pytest
 import yaml
 from conftest import MONITOR_PASSWORD
-from helpers import http_get, running_agent, wait_for
+from helpers import running_agent, wait_for
 from pgbouncer import DEFAULT_POOL_SIZE, MAX_CLIENT_CONN, VERSIONS, Bouncer
 from pgbouncer import MONITOR_PASSWORD as PGB_PASSWORD
 from pgbouncer import MONITOR_USER as PGB_USER
 from prometheus_client.core import Metric
 from rules.dashboards_lib import panel_queries
-from tools import require
+from tools import prometheus, promql
 
 from hiw_monitor import cli
 from hiw_monitor.collect import plan_of, run_collection
@@ -54,7 +51,6 @@ from hiw_monitor.collectors import BY_NAME, PGBOUNCER_NAMES
 from hiw_monitor.collectors import pgbouncer as pgb
 from hiw_monitor.collectors.base import Context, Result, ServerInfo
 from hiw_monitor.config import ConnectionSettings, Overrides, TargetConfig, load
-from hiw_monitor.demo.cluster import free_port
 from hiw_monitor.scheduler import Agent
 from hiw_monitor.snapshot import SnapshotStore
 from hiw_monitor.target import Target
@@ -182,53 +178,6 @@ def test_the_console_cursor_runs_only_show_commands(bouncer):
 
 
 # --- the classroom burst ------------------------------------------------------------------
-
-
-def fast_rules(tmp: Path) -> Path:
-    text = (ROOT / "alerts" / "hiw_monitor.rules.yml").read_text()
-    text = re.sub(r"^(\s+)for: \S+$", r"\1for: 1s", text, flags=re.M)
-    text = text.replace("interval: 30s", "interval: 1s")
-    path = tmp / "rules.yml"
-    path.write_text(text)
-    return path
-
-
-@contextlib.contextmanager
-def prometheus(tmp: Path, agent_url: str) -> Iterator[str]:
-    """A real Prometheus scraping the agent every second with the bundled rules (``for:``
-    shortened to 1 s); yields its URL."""
-    binary = require("prometheus")
-    port = free_port()
-    config = tmp / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(fast_rules(tmp))],
-        "scrape_configs": [{"job_name": "hiw-monitor", "static_configs": [
-            {"targets": [agent_url.removeprefix("http://")]}]}],
-    }))
-    with (tmp / "prometheus.log").open("w") as log:
-        process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-
-
-def promql(url: str, expr: str) -> list[dict]:
-    try:
-        reply = http_get(f"{url}/api/v1/query?query={urllib.parse.quote(expr)}")
-        body = json.loads(reply.body)
-    except (OSError, ValueError):  # not listening yet, or 503 while starting
-        return []
-    return body["data"]["result"] if body.get("status") == "success" else []
 
 
 class Burst:

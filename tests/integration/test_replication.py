@@ -32,8 +32,9 @@ import pytest
 from conftest import HIW_DB, MONITOR_PASSWORD, Server
 from helpers import running_agent, wait_for
 from proxy import StallingProxy
-from replication import Topology, prometheus, promql
+from replication import Topology
 from rules.dashboards_lib import panel_queries
+from tools import prometheus, promql
 
 from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import BY_NAME

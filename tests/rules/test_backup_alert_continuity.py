@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conftest import HIW_DB, MONITOR_PASSWORD
 from helpers import http_get, running_agent, wait_for
-from tools import require
+from tools import fast_rules, require
 
 from hiw_monitor.config import Overrides, load
 from hiw_monitor.demo.cluster import free_port
@@ -32,15 +32,6 @@ STALE = "stale_weekly_full"
 ALERT = "HiwBackupStaleCritical"
 OTHER_COLLECTORS = ("connections", "database", "wal_archiving", "statements", "vacuum",
                     "indexes", "bloat")
-
-
-def fast_rules(tmp: Path) -> Path:
-    text = (ROOT / "alerts" / "hiw_monitor.rules.yml").read_text()
-    text = re.sub(r"^(\s+)for: \S+$", r"\1for: 1s", text, flags=re.MULTILINE)
-    text = text.replace("interval: 30s", "interval: 1s")
-    path = tmp / "rules.yml"
-    path.write_text(text)
-    return path
 
 
 class Prometheus:
