@@ -18,13 +18,11 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from conftest import HIW_DB, Server, start_server
 
 from hiw_monitor.demo.cluster import Cluster
-
 
 # Replication feedback every second instead of 10: the primary sees the standby's write,
 # flush and replay positions (and pg_stat_replication's lag columns) move sooner.
