@@ -40,9 +40,12 @@ NORMAL_REQUESTS = 50
 # Hang guards, not verdicts. A request unanswered after a minute is hung, not slow (a
 # blocked server never answers: the slow clients below never finish their requests).
 CLIENT_TIMEOUT = 60.0
-# The 10,000 requests take ~100 s on a quiet 2-core machine and several times that beside
-# a CPU hog (docs/testing.md); only a hang gets near this.
-LOAD_HANG_GUARD = 1200.0
+# The 10,000 requests take ~1 min on a quiet 2-core machine and many times that beside a
+# CPU hog (docs/testing.md). Hang guards only: no request finishing for this long (each
+# one gives up after CLIENT_TIMEOUT) ...
+STALL_GUARD = 300.0
+# ... and, as the last resort, the whole test (pytest-timeout)
+LOAD_LAST_RESORT = 3600
 
 
 def every_collector_at_1s(tmp_path, server):
@@ -77,22 +80,25 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-@pytest.mark.timeout(LOAD_HANG_GUARD + 300)
+@pytest.mark.timeout(LOAD_LAST_RESORT)
 def test_concurrent_scrapers_while_collectors_run(pg, tmp_path):
     """50 concurrent scrapers, 10,000 /metrics requests in all: no error, every body whole.
 
     The load is bounded by its count: every one of the 10,000 requests is made, however
-    long a slow machine takes, and the verdict is on their errors. Throughput is printed,
-    never asserted (bench/scrape.py and bench/peer.py measure it)."""
+    long a slow machine takes, and the verdict is on their errors. Nothing bounds the
+    total time but hang guards: no request finishing for STALL_GUARD seconds, and
+    LOAD_LAST_RESORT for the whole test. Once SCRAPERS requests have failed the verdict is
+    in, and the rest are not sent. Throughput is printed, never asserted (bench/scrape.py
+    and bench/peer.py measure it)."""
     with running_agent(every_collector_at_1s(tmp_path, pg)) as run:
         wait_for(lambda: http_get(run.url + "/ready").status == 200, what="/ready")
         host, port = urlsplit(run.url).hostname, urlsplit(run.url).port
         runs_before = runs_total(run.url)
-        abandoned = threading.Event()  # set only by the hang guard
+        abandoned = threading.Event()  # the verdict is in, or the load hangs: stop sending
+        progress = {"finished": 0, "failed": 0, "last": time.monotonic()}
+        progress_lock = threading.Lock()
 
-        def one(index: int) -> tuple[int, str | None, bytes | None, float]:
-            if abandoned.is_set():
-                return index, "not sent: the hang guard gave up on the load", None, 0.0
+        def request(index: int) -> tuple[int, str | None, bytes | None, float]:
             try:
                 status, body, seconds = scrape(host, port, timeout=CLIENT_TIMEOUT)
             except (OSError, http.client.HTTPException) as exc:
@@ -103,33 +109,46 @@ def test_concurrent_scrapers_while_collectors_run(pg, tmp_path):
                 return index, "no hiw_up in the body", None, seconds
             return index, None, body if index % PARSE_EVERY == 0 else None, seconds
 
+        def one(index: int) -> tuple[int, str | None, bytes | None, float] | None:
+            if abandoned.is_set():
+                return None  # not sent
+            result = request(index)
+            with progress_lock:
+                progress["finished"] += 1
+                progress["failed"] += result[1] is not None
+                progress["last"] = time.monotonic()
+            return result
+
         started = time.perf_counter()
         pool = ThreadPoolExecutor(SCRAPERS)
         try:
             futures = [pool.submit(one, index) for index in range(REQUESTS)]
-            _, pending = wait(futures, timeout=LOAD_HANG_GUARD)
-            if pending:
-                abandoned.set()
-                pytest.fail(f"hang guard: {len(pending)} of {REQUESTS} requests still "
-                            f"unanswered after {LOAD_HANG_GUARD:.0f} s")
-            results = [future.result() for future in futures]
+            while wait(futures, timeout=5)[1]:
+                with progress_lock:
+                    failed, idle = progress["failed"], time.monotonic() - progress["last"]
+                if failed >= SCRAPERS:
+                    break  # the verdict is in: fail on the requests made, not 10,000
+                if idle > STALL_GUARD:
+                    pytest.fail(f"hang guard: no request finished in {idle:.0f} s "
+                                f"({progress['finished']} of {REQUESTS} done)")
         finally:
             abandoned.set()
             pool.shutdown(wait=True, cancel_futures=True)
+        made = [r for f in futures if not f.cancelled() and (r := f.result()) is not None]
         wall = time.perf_counter() - started
         runs_after = runs_total(run.url)
 
-    errors = [(i, e) for i, e, _, _ in results if e is not None]
-    latencies = [s for _, e, _, s in results if e is None]
+    errors = [(i, e) for i, e, _, _ in made if e is not None]
+    latencies = [s for _, e, _, s in made if e is None]
     cuts = statistics.quantiles(latencies, n=100, method="inclusive") if latencies else [0] * 99
-    print(f"\n[{pg.version}] {REQUESTS} GET /metrics from {SCRAPERS} threads in {wall:.1f} s "
-          f"({REQUESTS / wall:.0f}/s, not asserted): p50 {ms(cuts[49])}, p99 {ms(cuts[98])}, "
+    print(f"\n[{pg.version}] {len(made)} GET /metrics from {SCRAPERS} threads in {wall:.1f} s "
+          f"({len(made) / wall:.0f}/s, not asserted): p50 {ms(cuts[49])}, p99 {ms(cuts[98])}, "
           f"max {ms(max(latencies, default=0))}; {len(errors)} errors; "
           f"{runs_after - runs_before:.0f} collector runs during the load")
-    assert len(results) == REQUESTS
     assert errors == [], f"{len(errors)} failed requests, first: {errors[:5]}"
+    assert len(made) == REQUESTS
     parsed = 0
-    for _, _, body, _ in results:
+    for _, _, body, _ in made:
         if body is None:
             continue
         text = body.decode()
