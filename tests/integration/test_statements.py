@@ -96,8 +96,9 @@ def test_constant_latency_workload_gives_its_latency_and_exact_counts(pg):
         lo, hi, mean = admin.execute(
             "SELECT min_exec_time, max_exec_time, mean_exec_time FROM pg_stat_statements "
             "WHERE query LIKE 'SELECT pg_sleep%'").fetchone()
+    # (a fitted shape may reach a little past the slowest call: one grid step and a tail)
     for q in ("0.5", "0.95", "0.99"):
-        assert 0.0195 <= lo / 1000 * 0.99 <= quantiles[q] <= hi / 1000 * 1.01, quantiles
+        assert 0.0195 <= lo / 1000 * 0.99 <= quantiles[q] <= hi / 1000 * 1.1, quantiles
     assert abs(quantiles["0.5"] - mean / 1000) <= 0.1 * mean / 1000, (quantiles, mean)
     assert values(families, "hiw_sla_query_latency_met", "target")["db"] == 1
     assert values(families, "hiw_slow_statements", "target")["db"] == 0
