@@ -30,26 +30,32 @@ def exposed_name(family) -> str:
     return f"{family.name}_total" if family.type == "counter" else family.name
 
 
+def exported_names(server) -> set[str]:
+    """Every family name (counters with ``_total``) the built-in collectors and the
+    self-metrics export from ``server``, opt-in families included."""
+    settings = load(environ={}, require_targets=False).collectors
+    store = SnapshotStore()
+    target = server.target()
+    names: set[str] = set()
+    try:
+        for collector in ALL:
+            store.register(target.name, target.redacted, collector.name, 15, 45)
+            chosen = settings[collector.name]
+            if collector.name == "statements":  # opt-in families too
+                chosen = replace(chosen, options=MappingProxyType({**chosen.options,
+                                                                   "query_text": True}))
+            state = collector.new_state() if collector.new_state else None
+            sample = run_collection(target, collector, chosen, store, state)
+            assert sample.error is None, (collector.name, sample.error)
+            names |= {exposed_name(f) for f in sample.families}
+    finally:
+        target.close()
+    _, targets, samples = store.view()
+    return names | {exposed_name(f) for f in self_metrics(targets, samples, 0.0)}
 
 
 def test_catalog_matches_the_code(pg):
-    settings = load(environ={}, require_targets=False).collectors
-    store = SnapshotStore()
-    target = pg.target()
-    names: set[str] = set()
-    for collector in ALL:
-        store.register(target.name, target.redacted, collector.name, 15, 45)
-        chosen = settings[collector.name]
-        if collector.name == "statements":  # opt-in families too
-            chosen = replace(chosen, options=MappingProxyType({**chosen.options,
-                                                               "query_text": True}))
-        state = collector.new_state() if collector.new_state else None
-        sample = run_collection(target, collector, chosen, store, state)
-        assert sample.error is None, sample.error
-        names |= {exposed_name(f) for f in sample.families}
-    target.close()
-    _, targets, samples = store.view()
-    names |= {exposed_name(f) for f in self_metrics(targets, samples, 0.0)}
+    names = exported_names(pg)
     documented = catalog_names()
     assert names - documented == set(), "exported but missing from docs/metrics.md"
     assert documented - names == set(), "documented in docs/metrics.md but not exported"

@@ -16,15 +16,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType
 
 import psycopg
 import pytest
 from conftest import HIW_DB, MATRIX, Server, start_server
 from helpers import wait_for
 from psycopg import sql
+from test_catalog import exported_names
 
 from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import ALL, BY_NAME
@@ -287,26 +286,7 @@ def test_on_13_exactly_the_families_documented_as_14_plus_are_absent(pg):
     # the PostgreSQL side: the pgbouncer collector's families are test_pgbouncer's
     rows = {name: text for name, text in ROW.findall(CATALOG.read_text())
             if not name.startswith("hiw_pgbouncer_")}
-    store = SnapshotStore()
-    target = pg.target()
-    names: set[str] = set()
-    try:
-        for collector in ALL:
-            store.register(target.name, target.redacted, collector.name, 15, 45)
-            chosen = DEFAULTS[collector.name]
-            if collector.name == "statements":  # opt-in families too
-                chosen = replace(chosen, options=MappingProxyType({**chosen.options,
-                                                                   "query_text": True}))
-            state = collector.new_state() if collector.new_state else None
-            sample = run_collection(target, collector, chosen, store, state)
-            assert sample.error is None, (collector.name, sample.error)
-            names |= {f"{f.name}_total" if f.type == "counter" else f.name
-                      for f in sample.families}
-    finally:
-        target.close()
-    _, targets, samples = store.view()
-    names |= {f"{f.name}_total" if f.type == "counter" else f.name
-              for f in self_metrics(targets, samples, 0.0)}
+    names = exported_names(pg)
     assert names - rows.keys() == set(), "exported but missing from docs/metrics.md"
     only_14 = {name for name, text in rows.items() if ONLY_14_PLUS.search(text)}
     assert only_14  # the catalog does mark them
