@@ -111,8 +111,9 @@ def _stop_event() -> threading.Event:
 def serve_agent(config: Config, duration: float = 0.0) -> int:
     """Start HTTP + scheduler, wait for SIGTERM/SIGINT (or ``duration``), shut down."""
     agent = Agent(config)
-    app = App(agent.store, Exposition(agent.store), alive=agent.alive, web=config.web,
-              open_healthz=config.open_healthz)
+    app = App(agent.store, Exposition(agent.store, derived=agent.health.families),
+              alive=agent.alive, web=config.web, open_healthz=config.open_healthz,
+              health=agent.health)
     server, thread = serve(app, *config.listen)  # bind first: a busy port fails fast
     stop = _stop_event()
     host, port = config.listen[0], server.server_port
@@ -229,7 +230,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     finally:
         for target in agent.targets:
             target.close()
-    rendered = Exposition(agent.store).get(openmetrics_format=args.openmetrics)
+    rendered = Exposition(agent.store, derived=agent.health.families).get(
+        openmetrics_format=args.openmetrics)
     sys.stdout.buffer.write(rendered.body)
     sys.stdout.flush()
     _, targets, _ = agent.store.view()
@@ -273,6 +275,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if base.source == "defaults":  # show latency within seconds, not after a minute
             collectors["statements"] = replace(collectors["statements"], interval=10.0,
                                                stale_after=30.0)
+            # the review every minute, and school in session whenever the demo runs, so
+            # the stale analytics view shows at any hour
+            review = collectors["review"]
+            collectors["review"] = replace(review, interval=60.0, stale_after=180.0,
+                                           options=MappingProxyType({
+                                               **review.options, "school_hours": "00:00-24:00",
+                                               "school_days": ["mon", "tue", "wed", "thu",
+                                                               "fri", "sat", "sun"]}))
         config = replace(base, targets=(target,), source="demo",
                          collectors=MappingProxyType(collectors))
         log.info("demo_ready", postgres=f"{cluster.major} on 127.0.0.1:{cluster.port}",

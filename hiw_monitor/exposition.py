@@ -220,9 +220,12 @@ class Exposition:
     """Cached rendering of a :class:`SnapshotStore`."""
 
     def __init__(self, store: SnapshotStore, clock: Callable[[], float] = time.time,
-                 *, prerender: bool = True) -> None:
+                 *, prerender: bool = True,
+                 derived: Callable[[float], list[Metric]] | None = None) -> None:
         self.store = store
         self.clock = clock
+        # families computed from the whole snapshot (the health score), at each render
+        self.derived = derived
         self._lock = threading.Lock()
         self._cache: dict[tuple[bool, bool], Rendered] = {}
         self._cache_version = -1
@@ -297,6 +300,13 @@ class Exposition:
                 assert s.last_success_at is not None
                 valid_until = min(valid_until, s.last_success_at + s.stale_after)
         out.extend(self_metrics(targets, samples, now, self._dropped))
+        if self.derived is not None:
+            try:
+                derived = tuple(self.derived(now))
+            except Exception:  # a bug there must not take /metrics down
+                log.exception("derived_families_failed")
+                derived = ()
+            out.extend(self._renderable(("", "derived"), derived))
         self._cache_version, self._valid_until = version, valid_until
         return merge_families(out)
 

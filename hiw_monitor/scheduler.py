@@ -22,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import PGBOUNCER_NAMES, with_custom
 from hiw_monitor.config import PGBOUNCER, CollectorSettings, Config
+from hiw_monitor.health import Health
 from hiw_monitor.snapshot import SnapshotStore
 from hiw_monitor.target import Target
 
@@ -48,6 +49,13 @@ class Agent:
                     self.states[(target.name, settings.name)] = new_state()
         self.heartbeat = time.monotonic()
         self._scheduler: BackgroundScheduler | None = None
+        # the review's checks on other collectors' results and the health score, fed by
+        # every recorded run (before the exposition renders it)
+        review = config.collectors.get("review")
+        self.health = Health(self.store, review.options if review is not None else None,
+                             pgbouncer_targets=[t.name for t in self.targets
+                                                if t.kind == PGBOUNCER])
+        self.store.subscribe(self.health.observe)
         for target in self.targets:
             for settings in self.collectors_of(target):
                 self.store.register(target.name, target.redacted, settings.name,

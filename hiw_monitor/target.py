@@ -471,7 +471,8 @@ class Target:
 
         Returns (outcome, first row): outcome ``ok``, ``timeout`` (statement timeout),
         ``locked`` (lock timeout) or ``error`` (anything else the server refused, e.g. the
-        relation was dropped meanwhile). A lost connection still raises.
+        relation was dropped meanwhile; the row is then its ``sqlstate``). A lost
+        connection still raises.
         """
         try:
             with cur.connection.transaction():
@@ -483,10 +484,10 @@ class Target:
             return "timeout", None
         except pgerrors.LockNotAvailable:
             return "locked", None
-        except psycopg.Error:
+        except psycopg.Error as exc:
             if cur.connection.broken or cur.connection.closed:
                 raise
-            return "error", None
+            return "error", {"sqlstate": exc.sqlstate}  # e.g. 42501: permission denied
         return "ok", dict(row) if row is not None else None
 
     def _client_timeout(self, conn: psycopg.Connection[Any] | None, exc: BaseException

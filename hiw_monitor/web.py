@@ -1,4 +1,5 @@
-"""The HTTP side: ``/metrics``, ``/healthz``, ``/ready`` and a small landing page.
+"""The HTTP side: ``/metrics``, ``/health`` (the review as JSON), ``/healthz``, ``/ready``
+and the status page ``/``.
 
 A tiny WSGI app on a threading ``wsgiref`` server: every request gets its own daemon
 thread, so a slow client never holds up another scrape, and nothing here touches the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import errno
 import html
+import json
 import socket
 import ssl
 import threading
@@ -24,13 +26,14 @@ import structlog
 from hiw_monitor import __version__
 from hiw_monitor.errors import ConfigError
 from hiw_monitor.exposition import Exposition
+from hiw_monitor.health import Health, document
 from hiw_monitor.snapshot import SnapshotStore
 from hiw_monitor.webconfig import WebConfig, peer_sans
 
 log = structlog.get_logger("hiw_monitor.web")
 
 StartResponse = Callable[..., Any]
-Health = Callable[[], str | None]  # returns a reason when unhealthy, None when fine
+Liveness = Callable[[], str | None]  # returns a reason when unhealthy, None when fine
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -97,10 +100,11 @@ class App:
     """The WSGI application."""
 
     def __init__(self, store: SnapshotStore, exposition: Exposition,
-                 alive: Health | None = None, web: WebConfig | None = None,
-                 open_healthz: bool = True) -> None:
+                 alive: Liveness | None = None, web: WebConfig | None = None,
+                 open_healthz: bool = True, health: Health | None = None) -> None:
         self.store = store
         self.exposition = exposition
+        self.health = health
         self.alive = alive or (lambda: None)
         self.web = web or WebConfig()
         self.open_healthz = open_healthz
@@ -136,6 +140,14 @@ class App:
             reason = self.readiness()
             body = self._plain(start_response, "503 Service Unavailable" if reason else "200 OK",
                                f"{reason}\n" if reason else "ready\n")
+        elif path == "/health":
+            now = time.time()
+            reports = self.health.report(now) if self.health is not None else []
+            data = json.dumps(document(reports, now), indent=1, allow_nan=False).encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(data))),
+                                      ("Cache-Control", "no-store")])
+            body = [data]
         elif path == "/":
             page = self.landing().encode()
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
@@ -143,7 +155,7 @@ class App:
             body = [page]
         else:
             body = self._plain(start_response, "404 Not Found",
-                               "not found; try /metrics, /healthz, /ready or /\n")
+                               "not found; try /metrics, /health, /healthz, /ready or /\n")
         return [] if method == "HEAD" else body
 
     @staticmethod

@@ -10,6 +10,7 @@ from hiw_monitor.collectors import (
     indexes,
     pgbouncer,
     replication,
+    review,
     statements,
     vacuum,
     wal_archiving,
@@ -26,6 +27,7 @@ ALL: tuple[Collector, ...] = (
     indexes.COLLECTOR,
     bloat.COLLECTOR,
     replication.COLLECTOR,
+    review.COLLECTOR,
 )
 # PgBouncer's admin console: these run on targets with type: pgbouncer, which run nothing
 # else (ALL above, and user-defined collectors, read PostgreSQL).

@@ -359,6 +359,36 @@ FROM (
 ORDER BY s.g;
 
 
+-- 4h. What the review finds (hiw-monitor's review checks), planted on purpose.
+-- No random() here, so everything above stays deterministic.
+--   retention_overdue: 37 anonymous sessions created ~2.5 years ago, past the 2-year
+--   retention period; the retention job last logged a batch 9 days ago.
+INSERT INTO public.student_sessions (classroom_id, session_token, avatar_key, is_active,
+                                     created_at, last_activity_at)
+SELECT (SELECT id FROM public.classrooms ORDER BY classroom_code LIMIT 1),
+       format('retention-overdue-%s', lpad(g::text, 4, '0')), 'teal-owl', false,
+       now() - interval '900 days' - g * interval '1 day',
+       now() - interval '880 days' - g * interval '1 day'
+FROM generate_series(1, 37) AS g
+ORDER BY g;
+
+INSERT INTO public.audit_log (table_name, action, new_values, created_at)
+VALUES ('retention_policy', 'DELETE',
+        '{"records_processed": 1000, "table": "student_sessions"}'::jsonb,
+        now() - interval '9 days');
+
+--   matview_fresh: the analytics refresh job last finished ~3 hours ago (the review
+--   wants every 15 minutes in school hours).
+UPDATE public.job_queue
+SET scheduled_at = scheduled_at - interval '3 hours',
+    finished_at  = finished_at - interval '3 hours',
+    created_at   = created_at - interval '3 hours'
+WHERE job_type = 'refresh_analytics_summary' AND status IN ('done', 'failed');
+
+--   rls_enabled: classrooms (a sensitive table: names and facilitators) has no RLS;
+--   see section 7.
+
+
 -- -----------------------------------------------------------------------------
 -- 5. Backups: configurations and ~14 days of history, relative to now()
 -- -----------------------------------------------------------------------------
@@ -531,7 +561,8 @@ $$ LANGUAGE plpgsql;
 -- then sees only their own row, classrooms' sessions and progress.  When the
 -- setting is absent (NULL) or reset (''), the policies do not filter, so
 -- maintenance connections keep working.  The table owner bypasses RLS anyway
--- (no FORCE ROW LEVEL SECURITY), and superusers always do.
+-- (no FORCE ROW LEVEL SECURITY), and superusers always do.  ON PURPOSE classrooms
+-- has no RLS, so the review's rls_enabled check shows a failure in the demo.
 ALTER TABLE public.facilitators     ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.student_sessions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.student_progress ENABLE ROW LEVEL SECURITY;
@@ -583,6 +614,13 @@ GRANT SELECT ON public.backup_configurations, public.backup_execution_log TO hiw
 -- the job queue examples of config/custom/: the scheduling columns only, never payload or
 -- last_error (which may carry application data)
 GRANT SELECT (job_type, status, scheduled_at, finished_at) ON public.job_queue TO hiw_monitor;
+-- the review's retention and audit checks: timestamps and the audit entry's table name,
+-- never a session's token or an audit entry's values
+GRANT SELECT (created_at) ON public.student_sessions TO hiw_monitor;
+GRANT SELECT (id, table_name, created_at) ON public.audit_log TO hiw_monitor;
+-- student_sessions has row-level security, whose policies the role could not evaluate:
+-- BYPASSRLS lets it count every row's created_at (still the one column it may read)
+ALTER ROLE hiw_monitor BYPASSRLS;
 
 
 -- -----------------------------------------------------------------------------

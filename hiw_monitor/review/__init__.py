@@ -1,0 +1,1 @@
+"""The DBA review as data: checks, findings and the health score."""
