@@ -32,8 +32,6 @@ from hiw_monitor.units import format_duration
 
 HISTORY_SECONDS = 3600.0
 DEFAULT_OPTIONS: Mapping[str, Any] = {name: o.default for name, o in review.OPTIONS.items()}
-RESTORE_TEST_PERIOD = 7 * 86400.0  # a restore test at least weekly (backup_verification)
-BIG_TABLE = 100 * 1024 * 1024  # bloat counts for tables over 100 MB (as HiwTableBloatHigh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +145,7 @@ def _backup_freshness(f: _Families) -> Finding:
                    backups=len(statuses), unhealthy=0)
 
 
-def _backup_verification(f: _Families) -> Finding:
+def _backup_verification(f: _Families, options: Mapping[str, Any]) -> Finding:
     check = BY_ID["backup_verification"]
     why = f.blind("backups")
     if why:
@@ -164,15 +162,16 @@ def _backup_verification(f: _Families) -> Finding:
         return finding(check, "fail", "the newest restore test failed for "
                        + ", ".join(failed) + ": that backup cannot be restored",
                        failed=len(failed))
+    period = float(options["restore_test_period"])
     recent = sorted((age, name) for name, age in ages.items()
-                    if results.get(name) == 1 and age <= RESTORE_TEST_PERIOD)
+                    if results.get(name) == 1 and age <= period)
     if recent:
         age, name = recent[0]
         return finding(check, "pass", f"{name} restored successfully {_ago(age)}",
                        age_seconds=age)
     newest = min(ages.values()) if ages else None
     return finding(check, "fail", "no successful restore test in the last "
-                   f"{format_duration(RESTORE_TEST_PERIOD)} (newest: {_ago(newest)})",
+                   f"{format_duration(period)} (newest: {_ago(newest)})",
                    age_seconds=newest)
 
 
@@ -343,11 +342,12 @@ def _bloat(f: _Families, options: Mapping[str, Any]) -> Finding:
     for labels, ratio in f.values("bloat", "hiw_table_bloat_ratio"):
         key = (labels["schema"], labels["table"])
         size = wasted.get(key, 0.0) / ratio if ratio > 0 else 0.0
-        if size >= BIG_TABLE:
+        if size >= float(options["bloat_min_bytes"]):
             worst.append((ratio, f"{key[0]}.{key[1]}"))
     worst.sort(reverse=True)
     if not worst or worst[0][0] <= options["bloat_warn"]:
-        return finding(check, "pass", "no table over 100 MB bloated beyond "
+        big = float(options["bloat_min_bytes"]) / 1024 / 1024
+        return finding(check, "pass", f"no table over {big:g} MB bloated beyond "
                        f"{options['bloat_warn']:.0%}")
     ratio, name = worst[0]
     status: Status = "fail" if ratio > options["bloat_fail"] else "warn"
@@ -495,7 +495,7 @@ class Health:
             observed, up_seconds = window.observed_seconds, window.up_seconds
         up_ratio = up_seconds / observed if observed > 0 else None
         derived: list[Finding | None] = [
-            _backup_freshness(f), _backup_verification(f), _backup_rto(f), _wal_archiving(f),
+            _backup_freshness(f), _backup_verification(f, o), _backup_rto(f), _wal_archiving(f),
             _availability(state, up_ratio, observed, o), _latency(f), _statements_loaded(f),
             _expected_indexes(f), _headroom(f, peak, o, float(o["peak_window"])),
             _pooling(self.has_pgbouncer), _autovacuum(f), _wraparound(f, o), _bloat(f, o),

@@ -175,6 +175,11 @@ OPTIONS: dict[str, Option] = {
                          minimum=0.0, maximum=1.0),
     "bloat_fail": Option("float", 0.5, "table bloat ratio (tables over 100 MB): fail above",
                          minimum=0.0, maximum=1.0),
+    "bloat_min_bytes": Option("float", 100.0 * 1024 * 1024, "table bloat counts for tables "
+                              "of at least this size (bytes; HiwTableBloatHigh's 100 MB)",
+                              minimum=0.0),
+    "restore_test_period": Option("duration", 7 * DAY, "a successful restore test at least "
+                                  "this often"),
     "replication_lag_limit": Option("duration", 300.0, "replay lag: fail above"),
 }
 
