@@ -671,9 +671,9 @@ def in_school_hours(now: float, options: Mapping[str, Any]) -> bool:
     """``now`` (Unix time) falls on a school day within school hours, in their time zone.
 
     >>> opts = {"school_hours": "07:00-17:00", "school_days": ["mon"], "school_timezone": "UTC"}
-    >>> in_school_hours(1796457600.0 + 8 * 3600, opts)  # Monday 2026-12-07 08:00 UTC
+    >>> in_school_hours(1796601600.0 + 8 * 3600, opts)  # Monday 2026-12-07 08:00 UTC
     True
-    >>> in_school_hours(1796457600.0 + 18 * 3600, opts), in_school_hours(1796371200.0, opts)
+    >>> in_school_hours(1796601600.0 + 18 * 3600, opts), in_school_hours(1796515200.0, opts)
     (False, False)
     """
     local = datetime.fromtimestamp(now, UTC).astimezone(ZoneInfo(options["school_timezone"]))
