@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -13,6 +14,7 @@ from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import ALL
 from hiw_monitor.config import load
 from hiw_monitor.exposition import self_metrics
+from hiw_monitor.health import Health
 from hiw_monitor.snapshot import SnapshotStore
 
 pytestmark = pytest.mark.integration
@@ -51,7 +53,8 @@ def exported_names(server) -> set[str]:
     finally:
         target.close()
     _, targets, samples = store.view()
-    return names | {exposed_name(f) for f in self_metrics(targets, samples, 0.0)}
+    derived = Health(store).families(time.time())  # the health score, computed by the agent
+    return names | {exposed_name(f) for f in [*self_metrics(targets, samples, 0.0), *derived]}
 
 
 def test_catalog_matches_the_code(pg):
