@@ -192,7 +192,7 @@ def test_an_md5_password_under_scram_is_named_with_its_fix(pg, tmp_path):
 # ------------------------------------------------------------------ 16: no contrib
 
 NEEDS_NO_EXTENSION = ("connections", "database", "wal_archiving", "backups", "vacuum",
-                      "indexes", "bloat", "replication")
+                      "indexes", "bloat", "replication", "review")
 
 
 @pytest.fixture(scope="module")
