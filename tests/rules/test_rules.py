@@ -86,7 +86,57 @@ def test_the_required_alerts_exist():
             "HiwAgentDown", "HiwAgentAbsent", "HiwCollectorFailing",
             "HiwBackupMonitoringBlind", "HiwConnectionsHigh", "HiwIdleInTransactionLong",
             "HiwLockWaitsPilingUp", "HiwXidWraparoundRisk", "HiwTableBloatHigh",
-            "HiwDeadTuplesNotVacuumed"} <= names
+            "HiwDeadTuplesNotVacuumed", "HiwHealthScoreLow", "HiwReviewCriticalCheckFailing",
+            "HiwMaterializedViewStale", "HiwJobQueueBacklog", "HiwRetentionOverdue",
+            "HiwAvailabilityBudgetBurnFast", "HiwAvailabilityBudgetBurnSlow",
+            "HiwLatencyBudgetBurnFast", "HiwLatencyBudgetBurnSlow"} <= names
+
+
+# Multi-window, multi-burn-rate (SRE workbook, "Alerting on SLOs"): per severity, the
+# (long window, short window, burn rate) pairs; the short window is 1/12 of the long one.
+BURN_PAIRS = {"page": {("1h", "5m", 14.4), ("6h", "30m", 6.0)},
+              "ticket": {("1d", "2h", 3.0), ("3d", "6h", 1.0)}}
+ERROR_BUDGETS = {"availability": 0.0005, "latency": 0.05}  # 99.95 %; 5 % of calls > 100 ms
+BURN_TERM = re.compile(r"hiw:slo_([a-z]+)_errors:ratio_rate([0-9]+[mhd])\s*/\s*([0-9.]+)"
+                       r"\s*>\s*([0-9.]+)")
+
+
+def test_every_burn_rate_alert_pairs_matching_windows():
+    recorded = {rule["record"] for rule in rules() if "record" in rule}
+    burn_alerts = [a for a in alerts() if "BudgetBurn" in a["alert"]]
+    assert {a["alert"] for a in burn_alerts} == {
+        f"Hiw{slo.capitalize()}BudgetBurn{speed}" for slo in ERROR_BUDGETS
+        for speed in ("Fast", "Slow")}
+    for alert in burn_alerts:
+        name, severity = alert["alert"], alert["labels"]["severity"]
+        assert severity == ("page" if name.endswith("Fast") else "ticket"), name
+        terms = BURN_TERM.findall(alert["expr"])
+        assert len(terms) == 4, (name, terms)
+        assert alert["expr"].count("hiw:") == 4, (name, "a ratio not in a burn-rate term")
+        pairs = set()
+        for (slo, long, budget, rate), (slo2, short, budget2, rate2) in zip(
+                terms[::2], terms[1::2], strict=True):
+            assert name.startswith(f"Hiw{slo.capitalize()}"), (name, slo)
+            assert slo2 == slo, (name, slo, slo2)
+            assert float(budget) == float(budget2) == ERROR_BUDGETS[slo], (name, budget)
+            assert rate == rate2, (name, long, short, rate, rate2)  # the same burn rate
+            for window in (long, short):
+                assert f"hiw:slo_{slo}_errors:ratio_rate{window}" in recorded, (name, window)
+            pairs.add((long, short, float(rate)))
+        assert pairs == BURN_PAIRS[severity], (name, pairs)
+
+
+def test_a_check_with_its_own_alert_is_left_out_of_the_critical_check_page():
+    by_name = {a["alert"]: a for a in alerts()}
+    page = by_name["HiwReviewCriticalCheckFailing"]["expr"]
+    match = re.search(r'check!~"([a-z_|]+)"', page)
+    assert match, page
+    excluded = set(match.group(1).split("|"))
+    own = {check for name, alert in by_name.items() if name != "HiwReviewCriticalCheckFailing"
+           for check in re.findall(r'hiw_review_check_status\{[^}]*\bcheck="([a-z_]+)"',
+                                   alert["expr"])}
+    assert {"matview_fresh", "job_queue_backlog", "retention_overdue"} <= own
+    assert own <= excluded, f"{own - excluded} would page twice"
 
 
 def test_rules_reference_only_exported_metrics():
