@@ -49,7 +49,8 @@ def self_metrics(
     build = GaugeMetricFamily("hiw_build_info", "Agent version and the target's server version.",
                               labels=["target", "version", "server_version"])
     for t in targets:
-        up.add_metric([t.name], 1.0 if t.up else 0.0)
+        if t.checked:  # not before the first try: a restart is not an outage (burn rates)
+            up.add_metric([t.name], 1.0 if t.up else 0.0)
         build.add_metric([t.name, __version__, t.server_version or "unknown"], 1.0)
     pair = ["target", "collector"]
     c_up = GaugeMetricFamily("hiw_collector_up",

@@ -67,6 +67,7 @@ class TargetState:
     up: bool = False
     server_version: str = ""
     error: Reason | None = None
+    checked: bool = False  # a connection was tried: before that, up is not known
 
 
 class SnapshotStore:
@@ -134,7 +135,7 @@ class SnapshotStore:
         with self._lock:
             old = self._targets[name]
             new = replace(old, up=up, server_version=server_version or old.server_version,
-                          error=error)
+                          error=error, checked=True)
             if new != old:
                 self._targets[name] = new
                 self.version += 1

@@ -281,6 +281,8 @@ collectors:
   statements: {interval: 1s}
   replication: {interval: 1s, expected_standbys: 1}
 """
+REVIEW_ALERTS = {"HiwHealthScoreLow", "HiwReviewCriticalCheckFailing",
+                 "HiwMaterializedViewStale", "HiwJobQueueBacklog", "HiwRetentionOverdue"}
 TRUTH = ("SELECT coalesce(sum(calls), 0)::float8 FROM pg_stat_statements "
          "WHERE queryid IS NOT NULL AND toplevel")
 
@@ -325,7 +327,9 @@ def test_every_dashboard_query_returns_data_and_the_rules_fire_in_prometheus(
                 timeout=180, what="HiwReplicationStandbyMissing firing in Prometheus")
             firing = {r["metric"]["alertname"]
                       for r in promql(prom, 'ALERTS{alertstate="firing"}')}
-            assert firing == {"HiwReplicationStandbyMissing"}, firing
+            # the review's judgments of the demo database (its planted findings) fire too;
+            # nothing else about the pair may
+            assert firing - REVIEW_ALERTS == {"HiwReplicationStandbyMissing"}, firing
     finally:
         topology.on_primary("SELECT pg_drop_replication_slot('hiw_dashboard')")
 

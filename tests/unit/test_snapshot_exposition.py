@@ -196,6 +196,14 @@ def test_skips_are_exposed(store):
                  reason="missed") == 1.0
 
 
+def test_up_is_not_exported_before_the_first_connection_attempt(store):
+    # a restart is not an outage: a 0 before the first try would burn the availability
+    # SLO's error budget (HiwAvailabilityBudgetBurnFast) at every start
+    assert samples_of(Exposition(store, Clock(0.0)).get().body, "hiw_up") == {}
+    store.set_target("t1", up=False, error=Reason("connection", "refused"))
+    assert value(Exposition(store, Clock(0.0)).get().body, "hiw_up", target="t1") == 0.0
+
+
 def test_target_state_is_exposed(store):
     store.set_target("t1", up=True, server_version="16.4")
     body = Exposition(store, Clock(0.0)).get().body
