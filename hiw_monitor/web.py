@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import html
 import json
 import socket
 import ssl
@@ -23,7 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
 
-from hiw_monitor import __version__
+from hiw_monitor import pages
 from hiw_monitor.errors import ConfigError
 from hiw_monitor.exposition import Exposition
 from hiw_monitor.health import Health, document
@@ -34,6 +33,9 @@ log = structlog.get_logger("hiw_monitor.web")
 
 StartResponse = Callable[..., Any]
 Liveness = Callable[[], str | None]  # returns a reason when unhealthy, None when fine
+# the status page loads nothing: no script, no other host; its CSS and SVG are inline
+PAGE_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -88,12 +90,6 @@ def _accepted(header: str) -> set[str]:
         if value and not refused:
             allowed.add(value.lower())
     return allowed
-
-
-def _age(now: float, then: float | None) -> str:
-    if then is None:
-        return "never"
-    return f"{now - then:.0f}s ago"
 
 
 class App:
@@ -151,7 +147,10 @@ class App:
         elif path == "/":
             page = self.landing().encode()
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                      ("Content-Length", str(len(page)))])
+                                      ("Content-Length", str(len(page))),
+                                      ("Cache-Control", "no-store"),
+                                      ("Content-Security-Policy", PAGE_POLICY),
+                                      ("X-Content-Type-Options", "nosniff")])
             body = [page]
         else:
             body = self._plain(start_response, "404 Not Found",
@@ -189,37 +188,11 @@ class App:
         return None
 
     def landing(self) -> str:
+        """The status page (:mod:`hiw_monitor.pages`), from the store and the health
+        reports already computed from it: nothing here touches the database."""
         now = time.time()
-        _, targets, samples = self.store.view()
-        esc = html.escape
-        rows = []
-        for s in samples:
-            status = "ok" if s.ok else ("pending" if s.finished_at is None else "error")
-            error = esc(s.error.text) if s.error else ""
-            rows.append(
-                f"<tr class={status}><td>{esc(s.target)}</td><td>{esc(s.collector)}</td>"
-                f"<td>{status}</td><td>{_age(now, s.finished_at)}</td>"
-                f"<td>{s.duration * 1000:.1f} ms</td><td>{_age(now, s.last_success_at)}</td>"
-                f"<td>{s.interval:g}s</td><td>{error}</td></tr>")
-        target_rows = [
-            f"<tr class={'ok' if t.up else 'error'}><td>{esc(t.name)}</td><td>{esc(t.dsn)}</td>"
-            f"<td>{'up' if t.up else 'down'}</td><td>{esc(t.server_version or '?')}</td>"
-            f"<td>{esc(t.error.text) if t.error else ''}</td></tr>"
-            for t in targets]
-        return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>hiw-monitor</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.error{{background:#fdd}}
-.pending{{background:#ffd}}</style></head><body>
-<h1>hiw-monitor {esc(__version__)}</h1>
-<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> ·
-<a href="/ready">/ready</a></p>
-<h2>Targets</h2><table><tr><th>target</th><th>connection</th><th>state</th>
-<th>server</th><th>last error</th></tr>{"".join(target_rows)}</table>
-<h2>Collectors</h2><table><tr><th>target</th><th>collector</th><th>status</th>
-<th>last run</th><th>duration</th><th>last success</th><th>interval</th><th>last error</th></tr>
-{"".join(rows)}</table></body></html>
-"""
+        reports = self.health.report(now) if self.health is not None else None
+        return pages.status_page(reports, self.store.view(), now)
 
 
 def serve(app: App, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:

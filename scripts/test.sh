@@ -19,6 +19,7 @@ command -v amtool >/dev/null || apt_packages+=(prometheus-alertmanager)
 command -v curl >/dev/null || apt_packages+=(curl)
 command -v openssl >/dev/null || apt_packages+=(openssl)
 [ -x /usr/sbin/pgbouncer ] || apt_packages+=(pgbouncer)                # PgBouncer 1.18
+command -v chromium >/dev/null || apt_packages+=(chromium)  # the status page's browser test
 # the roots of PostgreSQL 13 and 17 (only root can build and chroot into them)
 if [ "$(id -u)" -eq 0 ]; then command -v debootstrap >/dev/null || apt_packages+=(debootstrap); fi
 if [ ${#apt_packages[@]} -gt 0 ]; then

@@ -15,6 +15,7 @@ from hiw_monitor import webconfig
 from hiw_monitor.collectors.base import gauge
 from hiw_monitor.errors import Reason
 from hiw_monitor.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
+from hiw_monitor.health import Health
 from hiw_monitor.snapshot import SnapshotStore
 from hiw_monitor.web import App
 from hiw_monitor.webconfig import WebConfig
@@ -193,6 +194,32 @@ def test_landing_page_escapes_everything():
     assert f"down {html.escape(HOSTILE)}" in page
     assert ">plain<" in page
     assert 'href="/metrics"' in page
+
+
+def test_landing_page_is_the_status_page_with_a_health():
+    store = SnapshotStore()
+    store.register("t1", "host=h1", "connections", interval=10, stale_after=30)
+    app = App(store, Exposition(store), health=Health(store))
+    response = call(app, "/")
+    assert response.code == 200
+    page = response.body.decode()
+    assert 'id="score"' in page
+    assert '<section class="target-health" id="target-1" data-target="t1"' in page
+    assert 'id="latency-chart"' in page
+    assert 'id="targets"' in page
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy
+    assert "script-src" not in policy
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_landing_page_without_a_health_lists_targets_and_collectors(app_and_store):
+    app, _ = app_and_store
+    page = call(app, "/").body.decode()
+    assert 'id="score"' not in page
+    assert 'data-target="t1" data-state="down"' in page
+    assert 'data-collector="conn" data-status="ok"' in page
+    assert "host=h1" in page
 
 
 def test_unknown_path_is_404(app_and_store):
