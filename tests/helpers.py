@@ -91,7 +91,8 @@ class Running:
 @contextlib.contextmanager
 def running_agent(config: Config) -> Iterator[Running]:
     agent = Agent(config)
-    app = App(agent.store, Exposition(agent.store), alive=agent.alive)
+    app = App(agent.store, Exposition(agent.store, derived=agent.health.families),
+              alive=agent.alive, health=agent.health)
     server, thread = serve(app, "127.0.0.1", 0)
     agent.start()
     try:
