@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,6 +74,108 @@ def test_demo_serves_hiw_metrics_and_cleans_up(postgres):
         # port is free a moment after its process ends; one left listening fails)
         for gone in (pg_port, port):
             wait_for(lambda p=gone: _closed(p), what=f"port {gone} closed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _read_until(fd: int, found: Callable[[str], bool], proc: subprocess.Popen,
+                output: bytearray, timeout: float) -> bool:
+    """Read ``fd`` (a pseudo-terminal's master) into ``output`` until ``found(text)``, the
+    end of the output, or ``timeout`` (a hang guard). Keeps the terminal drained, so the
+    child never blocks writing to it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found(output.decode(errors="replace").replace("\r\n", "\n")):
+            return True
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            if proc.poll() is not None:  # exited, and nothing left to read
+                return found(output.decode(errors="replace").replace("\r\n", "\n"))
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            chunk = b""
+        if not chunk:
+            return found(output.decode(errors="replace").replace("\r\n", "\n"))
+        output += chunk
+    return False
+
+
+def _never(_text: str) -> bool:
+    return False
+
+
+BANNER = re.compile(r"^\| hiw-monitor demo: .*?^\| +Ctrl-C stops the demo", re.M | re.S)
+
+
+@pytest.mark.timeout(900)  # a hang guard: the demo runs initdb and loads its seed data
+def test_demo_on_a_terminal_prints_a_banner_once_the_review_has_landed():
+    binaries_for("pg15")
+    port = free_port()
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hiw_monitor", "demo", "--postgres", "system", "--no-workload",
+         "--listen", f"127.0.0.1:{port}", "--duration", "600"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+        env={**os.environ, "HIW_MONITOR_DSN": "", "COLUMNS": "120"})
+    os.close(slave)
+    output = bytearray()
+    try:
+        shown = _read_until(master, lambda text: BANNER.search(text) is not None, proc, output,
+                            timeout=600)
+        text = output.decode(errors="replace").replace("\r\n", "\n")
+        assert shown, text[-3000:]
+        banner = BANNER.search(text).group(0)
+        assert f"status page    http://127.0.0.1:{port}/" in banner
+        assert re.search(r"health score +\d+\.\d/10 +\(target heroes_in_waiting\)", banner)
+        # the failing checks the demo plants, each with its reason
+        assert re.search(r"^\| +rls_enabled +public\.classrooms", banner, re.M), banner
+        assert re.search(r"^\| +retention_overdue +\d+ row", banner, re.M), banner
+        proc.send_signal(signal.SIGINT)
+        _read_until(master, _never, proc, output, timeout=180)
+        assert proc.wait(timeout=180) == 0
+        text = output.decode(errors="replace").replace("\r\n", "\n")
+        assert len(BANNER.findall(text)) == 1
+        assert "Traceback" not in text
+        assert '"event"' not in text  # console logs on a terminal, not JSON
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+
+
+@pytest.mark.timeout(900)
+def test_demo_off_a_terminal_logs_json_and_no_banner():
+    binaries_for("pg15")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hiw_monitor", "demo", "--postgres", "system", "--no-workload",
+         "--listen", f"127.0.0.1:{port}", "--duration", "600"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HIW_MONITOR_DSN": ""})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        # the same moment as the banner's, as one log event
+        wait_for(lambda: any('"demo_health"' in line for line in list(lines))
+                 or proc.poll() is not None, timeout=600, what="the demo_health event")
+        assert proc.poll() is None, "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=180) == 0
+        reader.join(timeout=30)
+        event = next(e for e in _events(lines) if e["event"] == "demo_health")
+        assert event["url"] == f"http://127.0.0.1:{port}/"
+        assert 0 < event["score"]["heroes_in_waiting"] < 10
+        assert {"rls_enabled", "retention_overdue"} <= set(event["failing"])
+        stderr = "".join(lines)
+        assert "status page" not in stderr
+        assert "+---" not in stderr
+        assert all(line.startswith("{") for line in lines if line.strip()), stderr[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()
