@@ -102,6 +102,13 @@ class _Families:
         found = self.values(collector, name, **labels)
         return found[0][1] if found else None
 
+    def failing(self, collector: str) -> str | None:
+        """The collector's latest error, if its latest run failed."""
+        sample = self.samples.get(collector)
+        if sample is None or sample.error is None:
+            return None
+        return f"the {collector} collector fails: {sample.error.code}: {sample.error.text}"
+
     def blind(self, collector: str) -> str | None:
         """Why ``collector``'s results are not there, or None when they are."""
         sample = self.samples.get(collector)
@@ -129,7 +136,10 @@ def _backup_freshness(f: _Families) -> Finding:
         return finding(check, "unknown", why)
     statuses = {labels["backup_name"]: labels["status"]
                 for labels, value in f.values("backups", "hiw_backup_status") if value == 1}
-    if not statuses:
+    if not statuses:  # a collector failing from the start has seen no backup at all
+        failing = f.failing("backups")
+        if failing:
+            return finding(check, "unknown", failing)
         return finding(check, "fail", "no backup is configured (or every configuration is "
                        "disabled)")
     bad = {name: s for name, s in statuses.items() if s != "healthy"}
@@ -150,7 +160,10 @@ def _backup_verification(f: _Families, options: Mapping[str, Any]) -> Finding:
     why = f.blind("backups")
     if why:
         return finding(check, "unknown", why)
-    if f.one("backups", "hiw_backup_restore_verification_configured") == 0:
+    verification = f.one("backups", "hiw_backup_restore_verification_configured")
+    if verification is None:
+        return finding(check, "unknown", f.failing("backups") or "no verification known yet")
+    if verification == 0:
         return finding(check, "fail", "the backup log records no restore verification "
                        "(no verification column): restores are never tested")
     ages = {labels["backup_name"]: value
@@ -186,7 +199,8 @@ def _backup_rto(f: _Families) -> Finding:
                  f.values("backups", "hiw_backup_restore_test_duration_seconds")}
     target = f.one("backups", "hiw_backup_rto_target_seconds")
     if not met:
-        return finding(check, "unknown", "no verified restore with a duration recorded")
+        return finding(check, "unknown", f.failing("backups")
+                       or "no verified restore with a duration recorded")
     slow = sorted(name for name, ok in met.items() if ok == 0)
     limit = format_duration(target) if target else "the RTO"
     if slow:
