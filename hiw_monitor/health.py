@@ -201,6 +201,12 @@ def _backup_rto(f: _Families) -> Finding:
     if not met:
         return finding(check, "unknown", f.failing("backups")
                        or "no verified restore with a duration recorded")
+    verified = {labels["backup_name"]: value for labels, value in
+                f.values("backups", "hiw_backup_restore_test_success")}
+    # a failed restore is backup_verification's finding, not a slow one
+    met = {name: ok for name, ok in met.items() if verified.get(name) != 0}
+    if not met:
+        return finding(check, "unknown", "no successful verified restore with a duration")
     slow = sorted(name for name, ok in met.items() if ok == 0)
     limit = format_duration(target) if target else "the RTO"
     if slow:
@@ -372,7 +378,9 @@ def _replication(f: _Families, options: Mapping[str, Any]) -> Finding | None:
     """None where there is no replication to judge (a lone primary expecting none)."""
     check = BY_ID["replication_healthy"]
     if f.blind("replication"):
-        return None
+        failing = f.failing("replication")
+        # absent while off or not run yet; unknown while it cannot read
+        return finding(check, "unknown", failing) if failing else None
     role = next((labels["role"] for labels, value in
                  f.values("replication", "hiw_server_role") if value == 1), None)
     limit = float(options["replication_lag_limit"])
@@ -406,6 +414,8 @@ def _availability(state: TargetState, up_ratio: float | None, observed: float,
                   options: Mapping[str, Any]) -> Finding:
     check = BY_ID["availability"]
     target = float(options["availability_target"])
+    if not state.checked:
+        return finding(check, "unknown", "no connection attempted yet")
     if not state.up:
         why = f": {state.error.text}" if state.error else ""
         return finding(check, "fail", f"the database is down for the agent{why}",
@@ -453,6 +463,8 @@ class Health:
         _, targets, samples = self.store.view()
         with self._lock:
             for t in targets:
+                if not t.checked:  # before its first connection attempt: not yet known
+                    continue
                 window = self._windows.setdefault(t.name, _Window())
                 if window.last_at is not None and now > window.last_at:
                     elapsed = now - window.last_at
