@@ -66,6 +66,7 @@ MODULE_VERSIONS: dict[str, tuple[str, ...]] = {
     # its tests flush statistics with pg_stat_force_next_flush() (15+)
     "test_maintenance": ("pg15", "pg17", "pg18"),
     "test_health": ("pg15", "pg18"),
+    "test_review": MATRIX,
 }
 # per-version server settings under the caller's: the pgserver wheel has no contrib
 VERSION_SETTINGS: dict[str, dict[str, str]] = {"pg16": {"shared_preload_libraries": "''"}}
