@@ -201,7 +201,8 @@ FROM pg_catalog.pg_stat_activity a JOIN pg_catalog.pg_stat_ssl s ON s.pid = a.pi
 WHERE a.backend_type = 'client backend' AND a.client_addr IS NOT NULL
 """
 
-_MD5 = "SELECT count(*) AS md5 FROM pg_catalog.pg_authid WHERE rolpassword LIKE 'md5%'"
+_MD5 = ("SELECT count(*) AS md5 FROM pg_catalog.pg_authid "
+        "WHERE left(rolpassword, 3) = 'md5'")  # no '%': the query is sent with parameters
 
 # each application object the checks read: present? the columns missing? readable?
 _OBJECTS = """
@@ -225,8 +226,9 @@ _RLS = """
 SELECT t.name, c.oid IS NOT NULL AS present, coalesce(c.relrowsecurity, false) AS enabled,
        coalesce(c.relforcerowsecurity, false) AS forced,
        (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS policies
-FROM unnest(%(tables)s::text[]) AS t(name)
+FROM unnest(%(tables)s::text[]) WITH ORDINALITY AS t(name, position)
 LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(t.name)
+ORDER BY t.position
 """
 
 _COLUMNS = """
@@ -287,6 +289,7 @@ _READS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "growth_log": ("", ("backup_config_id", "status", "end_time", "backup_size_bytes")),
     "growth_configs": ("", ("id", "backup_type")),
     "matview": ("matview", ()),
+    "trigger": ("password_trigger_table", ()),
 }
 _GROWTH_TABLES = {"growth_log": "public.backup_execution_log",
                   "growth_configs": "public.backup_configurations"}
@@ -355,9 +358,11 @@ def _retention_log_sql(step: Step) -> sql.Composed:
 
 
 def _audit_sql(step: Step) -> sql.Composed:
+    # the newest entry among the latest ids (an entry may be logged late, with an older time)
     return sql.SQL(
-        "SELECT extract(epoch FROM now() - created_at)::float8 AS age, true AS found "
-        "FROM {table} ORDER BY id DESC LIMIT 1").format(table=_ident(step.options["audit_table"]))
+        "SELECT extract(epoch FROM now() - max(created_at))::float8 AS age FROM "
+        "(SELECT created_at FROM {table} ORDER BY id DESC LIMIT 1000) s").format(
+        table=_ident(step.options["audit_table"]))
 
 
 def _matview_job_sql(step: Step) -> sql.Composed | None:
@@ -626,11 +631,16 @@ def scram(rows: Mapping[str, Rows]) -> Finding:
 def trigger(rows: Mapping[str, Rows], options: Mapping[str, Any]) -> Finding:
     check = BY_ID["password_complexity_trigger"]
     table, name = options["password_trigger_table"], options["password_trigger"]
+    obj = next((r for r in rows["objects"] if r["key"] == "trigger"), None)
+    if obj is not None and not obj["present"]:
+        return finding(check, "unknown", f"no table {table} in this database (option "
+                       "password_trigger_table)")
     found = next((r for r in rows["triggers"] if r["name"] == name), None)
     if found is None:
         return finding(check, "fail", f"no trigger {name} on {table}")
-    if found["enabled"] == "D":
-        return finding(check, "fail", f"trigger {name} on {table} is disabled "
+    if found["enabled"] not in ("O", "A"):  # D: disabled; R: fires on replicas only
+        state = "disabled" if found["enabled"] == "D" else "enabled for replicas only"
+        return finding(check, "fail", f"trigger {name} on {table} is {state} "
                        f"(ALTER TABLE {table} ENABLE TRIGGER {name};)")
     return finding(check, "pass", f"trigger {name} on {table} is enabled")
 
