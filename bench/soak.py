@@ -299,9 +299,9 @@ def render_doc(results: Results, minutes: float, warmup_minutes: float,
                                     max(s.connections for s in after),
                                     slope_per_hour(after, "connections")),
     }
-    # main + HTTP server + scheduler, the scheduler's pool (started lazily, one worker
-    # more each time runs overlap, up to its size) and the one scrape in flight
-    pool = min(MAX_WORKERS, len(enabled)) + 1
+    # main + HTTP server + scheduler, the scheduler's two threads, the collections'
+    # pool (one worker per target, at most MAX_WORKERS) and the one scrape in flight
+    pool = min(MAX_WORKERS, 1) + 2
     thread_ceiling = 3 + pool + 1
     flat_rss = rss_growth <= RSS_LIMIT_MB and rss_peak_growth <= RSS_LIMIT_MB
     flat_rest = all(growth[k][2] <= 0 for k in ("open fds", "server-side connections")) \

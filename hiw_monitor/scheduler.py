@@ -1,9 +1,12 @@
-"""Scheduling: one APScheduler job per (target, collector), each at its own interval.
+"""Scheduling: one APScheduler job per (target, collector), each at its own interval,
+whose runs go to a :class:`~hiw_monitor.pool.FairPool` (one run per target at a time,
+targets served round-robin: a stalled target holds one worker, never the others).
 
-``max_instances=1`` (runs never overlap), ``coalesce=True`` (a backlog runs once),
-``misfire_grace_time`` sized to the interval (APScheduler 3's default of 1 s silently
-skips runs on a busy machine), a small jitter, and a first run for every job in the
-first seconds after start.
+``coalesce=True`` (a backlog runs once), ``misfire_grace_time`` sized to the interval
+(APScheduler 3's default of 1 s silently skips runs on a busy machine), a small jitter,
+and a first run for every job in the first seconds after start. A run still waiting in
+its target's queue when it comes due again is not queued twice (counted as skipped,
+``still_running``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from hiw_monitor.collect import run_collection
 from hiw_monitor.collectors import PGBOUNCER_NAMES, with_custom
 from hiw_monitor.config import PGBOUNCER, CollectorSettings, Config
 from hiw_monitor.health import Health
+from hiw_monitor.pool import FairPool
 from hiw_monitor.snapshot import SnapshotStore
 from hiw_monitor.target import Target
 
@@ -49,6 +53,8 @@ class Agent:
                     self.states[(target.name, settings.name)] = new_state()
         self.heartbeat = time.monotonic()
         self._scheduler: BackgroundScheduler | None = None
+        self._pool: FairPool | None = None
+        self._by_name = {t.name: t for t in self.targets}
         # the review's checks on other collectors' results and the health score, fed by
         # every recorded run (before the exposition renders it)
         review = config.collectors.get("review")
@@ -73,10 +79,12 @@ class Agent:
 
     def start(self) -> None:
         pairs = self.jobs()
-        workers = min(MAX_WORKERS, len(pairs)) + 1  # +1: the heartbeat never queues behind them
+        # the collections' workers: one per target at most (a target's runs never overlap)
+        self._pool = FairPool(max(1, min(MAX_WORKERS, len(self.targets))), self._run_queued)
+        # the scheduler's own threads only hand runs to the pool (and beat the heartbeat)
         scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": ThreadPoolExecutor(max_workers=workers)},
+            executors={"default": ThreadPoolExecutor(max_workers=2)},
             job_defaults={"max_instances": 1, "coalesce": True},
         )
         scheduler.add_listener(self._on_skip, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
@@ -87,9 +95,10 @@ class Agent:
             first = start + timedelta(seconds=min(2.0, settings.interval) * index / len(pairs))
             self._job_keys[f"{target.name}/{name}"] = (target.name, name)
             scheduler.add_job(
-                self.run_one, IntervalTrigger(seconds=settings.interval,
-                                              jitter=min(1.0, settings.interval * 0.05)),
-                args=(target, name), id=f"{target.name}/{name}", name=f"{target.name}/{name}",
+                self._due, IntervalTrigger(seconds=settings.interval,
+                                           jitter=min(1.0, settings.interval * 0.05)),
+                args=(target.name, name), id=f"{target.name}/{name}",
+                name=f"{target.name}/{name}",
                 next_run_time=first, misfire_grace_time=max(1, int(settings.interval)),
             )
         # the heartbeat job proves the scheduler loop is alive (for /healthz)
@@ -113,6 +122,27 @@ class Agent:
             return f"scheduler heartbeat is {age:.0f}s old"
         return None
 
+    def _due(self, target: str, name: str) -> None:
+        """A job came due: queue its run (never twice while it still waits)."""
+        pool = self._pool
+        if pool is not None and not pool.submit(target, name):
+            self.store.record_skip(target, name, "still_running")
+            log.warning("collection_skipped", job=f"{target}/{name}", reason="still_running")
+
+    def _run_queued(self, target_name: str, name: str) -> None:
+        target = self._by_name.get(target_name)
+        if target is not None:  # else removed while its run waited
+            self.run_one(target, name)
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """After :meth:`pause`: wait until no run is in flight or waiting."""
+        return self._pool is None or self._pool.wait_idle(timeout)
+
+    def pause(self) -> None:
+        """No new runs come due (tests and tools); runs already queued still finish."""
+        if self._scheduler is not None:
+            self._scheduler.pause()
+
     def run_one(self, target: Target, name: str) -> None:
         run_collection(target, self.collectors[name], self.config.collectors[name], self.store,
                        self.states.get((target.name, name)))
@@ -133,8 +163,12 @@ class Agent:
         """Cancel queries in flight, wait for running jobs, close every connection."""
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.pause()
+            if self._pool is not None:
+                self._pool.stop(timeout=0)  # no more runs start
             for target in self.targets:
                 target.cancel()
             self._scheduler.shutdown(wait=True)
+            if self._pool is not None:
+                self._pool.stop()  # join the workers once their runs were cancelled
         for target in self.targets:
             target.close()

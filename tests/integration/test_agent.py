@@ -57,16 +57,11 @@ def test_serves_metrics_ready_and_landing_page(pg):
 
 
 def quiesce(agent) -> None:
-    """Pause collections and wait until none is in flight. pause() stops new runs, but a
-    run already handed to the worker pool still finishes, later on a slower machine: an
-    idle connection lock right after pause() does not prove that none is coming."""
-    scheduler = agent._scheduler
-    scheduler.pause()
-    with scheduler._jobstores_lock:  # a pass over due jobs under way has submitted them
-        pass
-    executor = scheduler._lookup_executor("default")
-    # a count per job id (a job seen once may stay at 0)
-    wait_for(lambda: not any(executor._instances.values()), what="the runs in flight to finish")
+    """Pause collections and wait until none is in flight or queued: pause() stops new
+    runs coming due, but a run already handed to the worker pool still finishes, later
+    on a slower machine."""
+    agent.pause()
+    assert agent.wait_idle(timeout=120), "runs still in flight after 120 s"
 
 
 def test_scrapes_never_query_the_database(pg):
