@@ -24,14 +24,12 @@ from typing import Any
 import pytest
 import yaml
 from conftest import HIW_DB, MONITOR_PASSWORD
-from helpers import http_get, wait_for
+from helpers import http_get, running_agent, wait_for
 from tools import require
 
 from hiw_monitor.config import Overrides, load
-from hiw_monitor.exposition import Exposition
 from hiw_monitor.review.checks import BY_ID
 from hiw_monitor.scheduler import Agent
-from hiw_monitor.web import App, serve
 
 pytestmark = pytest.mark.integration
 PG_VERSIONS = ("pg15",)  # the page does not depend on the server's version
@@ -44,18 +42,8 @@ BROWSER_TIMEOUT = 120  # a hang guard: a loaded machine starts chromium slowly, 
 @contextlib.contextmanager
 def serving(config) -> Iterator[tuple[Agent, str]]:
     """The agent as ``hiw-monitor run`` wires it (cli.serve_agent): health included."""
-    agent = Agent(config)
-    app = App(agent.store, Exposition(agent.store, derived=agent.health.families),
-              alive=agent.alive, health=agent.health)
-    server, thread = serve(app, "127.0.0.1", 0)
-    agent.start()
-    try:
-        yield agent, f"http://127.0.0.1:{server.server_port}"
-    finally:
-        agent.stop()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with running_agent(config) as run:
+        yield run.agent, run.url
 
 
 @contextlib.contextmanager
