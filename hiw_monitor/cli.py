@@ -36,11 +36,13 @@ from hiw_monitor.config import (
     ENV_CONFIG,
     ENV_DSN,
     ENV_LISTEN,
+    ENV_SHARD,
     Config,
     Overrides,
     TargetConfig,
     load,
 )
+from hiw_monitor.discovery import from_config as discovery_of
 from hiw_monitor.errors import ConfigError, HiwError
 from hiw_monitor.exposition import Exposition
 from hiw_monitor.health import TargetHealth
@@ -65,9 +67,13 @@ def _common(parser: argparse.ArgumentParser, *, with_dsn: bool = True) -> None:
     parser.add_argument("--config", metavar="FILE", help=f"YAML config file (env {ENV_CONFIG})")
     if with_dsn:
         parser.add_argument("--dsn", help=f"watch this one database (env {ENV_DSN}); replaces "
-                            "the file's targets")
+                            "the file's targets and file_sd")
         parser.add_argument("--target-name", help="name of the --dsn target "
                             "(default host:port/dbname)")
+        parser.add_argument("--shard", metavar="INDEX/COUNT",
+                            help=f"watch only the targets this shard of COUNT agents owns "
+                            f"(env {ENV_SHARD}; INDEX may be a pod name ending in -INDEX, "
+                            "e.g. $(hostname)/3 in a StatefulSet)")
     parser.add_argument("--listen", help=f"HTTP address host:port (env {ENV_LISTEN}; "
                         f"default {DEFAULT_LISTEN})")
     parser.add_argument("--web.config.file", dest="web_config", metavar="FILE",
@@ -140,7 +146,8 @@ def _seconds(text: str) -> float:
 def _overrides(args: argparse.Namespace) -> Overrides:
     return Overrides(config=args.config, dsn=getattr(args, "dsn", None), listen=args.listen,
                      target_name=getattr(args, "target_name", None), log_level=args.log_level,
-                     log_format=args.log_format, web_config=args.web_config)
+                     log_format=args.log_format, web_config=args.web_config,
+                     shard=getattr(args, "shard", None))
 
 
 def _stop_event() -> threading.Event:
@@ -153,6 +160,21 @@ def _stop_event() -> threading.Event:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     return stop
+
+
+def _reload_on_hangup(agent: Agent) -> Any:
+    """SIGHUP re-reads the discovery files (the handler only wakes the discovery thread);
+    returns the handler it replaces."""
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if agent.discovery is None:
+            log.info("signal", signal=signal.Signals(signum).name, reload=False,
+                     why="no file_sd in the config: nothing to re-read (a change of the "
+                     "config file itself needs a restart)")
+            return
+        log.info("signal", signal=signal.Signals(signum).name, reload=True)
+        agent.request_reload()
+
+    return signal.signal(signal.SIGHUP, handler)
 
 
 OnStart = Callable[[Agent, str, threading.Event], None]
@@ -172,6 +194,7 @@ def serve_agent(config: Config, duration: float = 0.0, on_start: OnStart | None 
               health=agent.health)
     server, thread = serve(app, *config.listen)  # bind first: a busy port fails fast
     stop = _stop_event()
+    hangup = _reload_on_hangup(agent)
     host, port = config.listen[0], server.server_port
     scheme = "https" if config.web.ssl_context else "http"
     log.info("listening", url=f"{scheme}://{host}:{port}/", version=__version__,
@@ -194,6 +217,7 @@ def serve_agent(config: Config, duration: float = 0.0, on_start: OnStart | None 
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+        signal.signal(signal.SIGHUP, hangup)
         log.info("stopped")
     return EXIT_OK
 
@@ -393,10 +417,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = load(Overrides(config=args.file), environ={}, require_targets=False)
     enabled = ", ".join(f"{CUSTOM if c.name in config.custom else ''}{c.name} every "
                         f"{c.interval:g}s" for c in config.enabled_collectors)
+    none = "none: give --dsn at run time" if config.file_sd is None else "none besides file_sd"
     print(f"{args.file}: OK: {len(config.targets)} target(s) "
-          f"({', '.join(t.name for t in config.targets) or 'none: give --dsn at run time'}); "
+          f"({', '.join(t.name for t in config.targets) or none}); "
           f"listen {config.listen[0]}:{config.listen[1]}; collectors: {enabled or 'none'}")
-    return EXIT_OK
+    return _validate_discovery(config)
+
+
+def _validate_discovery(config: Config) -> int:
+    """The discovery files as they are now: what they hold, and exit 2 if one (or an
+    entry) would be refused."""
+    discovery = discovery_of(config)
+    if discovery is None:
+        return EXIT_OK
+    logs.configure("error", "console")  # the problems are printed below, once
+    found = discovery.scan()
+    print(f"file_sd: {len(discovery.paths())} file(s) match "
+          f"{', '.join(discovery.config.files)}: {len(found)} target(s) "
+          f"({', '.join(t.name for t in found) or 'none'}); re-read every "
+          f"{discovery.config.refresh_interval:g}s and on SIGHUP")
+    problems = discovery.problems()
+    for file, problem in problems:
+        print(f"hiw-monitor: discovery file {file}: {problem}", file=sys.stderr)
+    return EXIT_USAGE if problems else EXIT_OK
 
 
 BANNER_WAIT = 120.0  # seconds the demo's banner waits for the first review, at most

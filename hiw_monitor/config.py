@@ -11,7 +11,7 @@ import itertools
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,6 +23,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from hiw_monitor.collectors import custom
 from hiw_monitor.collectors.base import Collector, Option
 from hiw_monitor.errors import ConfigError
+from hiw_monitor.shard import Shard
+from hiw_monitor.shard import parse as parse_shard
 from hiw_monitor.units import parse_duration, parse_listen
 from hiw_monitor.webconfig import WebConfig, load_web_config
 
@@ -33,6 +35,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_DSN, ENV_LISTEN, ENV_CONFIG = "HIW_MONITOR_DSN", "HIW_MONITOR_LISTEN", "HIW_MONITOR_CONFIG"
 ENV_TARGET_NAME = "HIW_MONITOR_TARGET_NAME"
 ENV_WEB_CONFIG = "HIW_MONITOR_WEB_CONFIG"
+ENV_SHARD = "HIW_MONITOR_SHARD"
+DEFAULT_REFRESH = 30.0  # seconds between two looks at the discovery files (file_sd)
 
 # Connection keys a target may set besides its name and password source.
 _TARGET_PARAMS = ("host", "port", "dbname", "user", "sslmode", "sslrootcert", "sslcert", "sslkey")
@@ -69,6 +73,14 @@ class TargetConfig:
     password_env: str | None = None
     password_file: str | None = None
     kind: str = POSTGRESQL  # ``type:`` in the config: postgresql or pgbouncer
+    # (name, value) of the target's other labels: those of hiw_target_info only, never of
+    # its series; not connection parameters (a change of labels does not reconnect)
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def connection(self) -> TargetConfig:
+        """This target without its labels: two targets whose connection() are equal
+        connect the same way."""
+        return replace(self, labels=())
 
     def resolve_password(self) -> str | None:
         """The password from the DSN, the env var or the file (read at connect time,
@@ -100,6 +112,14 @@ class CollectorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FileSD:
+    """Targets from files (Prometheus file_sd format; see hiw_monitor/discovery.py)."""
+
+    files: tuple[str, ...]  # glob patterns, absolute (a relative one is the config file's)
+    refresh_interval: float = DEFAULT_REFRESH
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     targets: tuple[TargetConfig, ...]
     listen: tuple[str, int]
@@ -113,6 +133,8 @@ class Config:
     # user-defined SQL collectors by name (custom_collectors, custom_collectors_dir); their
     # settings are in ``collectors`` too, after the built-ins'
     custom: Mapping[str, Collector] = field(default_factory=lambda: MappingProxyType({}))
+    file_sd: FileSD | None = None  # targets from files, besides ``targets``
+    shard: Shard | None = None  # watch only the targets this shard owns (None: all)
 
     @property
     def enabled_collectors(self) -> tuple[CollectorSettings, ...]:
@@ -130,6 +152,7 @@ class Overrides:
     log_level: str | None = None
     log_format: str | None = None
     web_config: str | None = None
+    shard: str | None = None
 
 
 # --- the strict walk -------------------------------------------------------------------
@@ -256,13 +279,19 @@ _TOP_KEYS = {
     "open_healthz": "whether /healthz skips basic auth",
     "custom_collectors": "user-defined SQL collectors (a list, or a mapping by name)",
     "custom_collectors_dir": "a directory of *.yaml files of user-defined SQL collectors",
+    "file_sd": "targets from files: files (globs) and refresh_interval",
+    "shard": "INDEX/COUNT: watch only the targets this shard owns",
 }
 _CONNECTION_KEYS = {
     "connect_timeout": "", "statement_timeout": "", "lock_timeout": "",
     "backoff_initial": "", "backoff_max": "",
 }
 _TARGET_KEYS = dict.fromkeys(("name", "type", "dsn", *_TARGET_PARAMS, "password_env",
-                              "password_file"), "")
+                              "password_file", "labels"), "")
+_FILE_SD_KEYS = {"files": "", "refresh_interval": ""}
+# a label name (Prometheus rules); names starting with __ are Prometheus' own
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+RESERVED_LABELS = ("target",)  # hiw_target_info's own
 _COLLECTOR_KEYS = {"enabled": "", "interval": "", "timeout": "", "stale_after": ""}
 
 
@@ -370,7 +399,8 @@ def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetC
             name = None
     else:
         name = default_target_name(params, env)
-    if name is None:
+    labels = _info_labels(entry["labels"], f"{path}.labels", walk) if "labels" in entry else ()
+    if name is None or labels is None:
         return None
     try:
         conninfo = make_conninfo(**params)
@@ -385,7 +415,56 @@ def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetC
         password_env=entry.get("password_env"),
         password_file=entry.get("password_file"),
         kind=kind,
+        labels=labels,
     )
+
+
+def info_label(name: Any, value: Any) -> tuple[str, str] | str:
+    """(name, value) of a label of hiw_target_info, or why it cannot be one.
+
+    >>> info_label("team", "payments"), info_label("tier", 1), info_label("on", True)
+    (('team', 'payments'), ('tier', '1'), ('on', 'true'))
+    >>> info_label("target", "x")
+    "label 'target' is reserved (hiw_target_info names the target with it)"
+    """
+    if not isinstance(name, str) or not LABEL_NAME.fullmatch(name) or name.startswith("__"):
+        return f"{name!r} is not a label name"
+    if name in RESERVED_LABELS:
+        return f"label {name!r} is reserved (hiw_target_info names the target with it)"
+    if isinstance(value, bool):
+        return name, "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return name, str(value)
+    return f"label {name!r}: expected a string, got {_kind(value)}"
+
+
+def _info_labels(raw: Any, path: str, walk: _Walk) -> tuple[tuple[str, str], ...] | None:
+    if not isinstance(raw, dict):
+        walk.fail(path, f"expected a mapping, got {_kind(raw)}", "write name: value pairs")
+        return None
+    labels = []
+    for name, value in raw.items():
+        found = info_label(name, value)
+        if isinstance(found, str):
+            walk.fail(_join(path, name), found,
+                      "use letters, digits and _ (not starting with a digit or __), "
+                      "a string value, and not the name target")
+            return None
+        labels.append(found)
+    return tuple(sorted(labels))
+
+
+def parse_target(raw: Mapping[str, Any], path: str, env: Mapping[str, str] | None = None
+                 ) -> TargetConfig:
+    """One target entry, checked as a ``targets:`` item is (for discovery files);
+    raises :class:`ConfigError` with every problem."""
+    walk = _Walk()
+    target = _target(dict(raw), path, walk, os.environ if env is None else env)
+    if walk.problems:
+        raise ConfigError.combine(walk.problems)
+    if target is None:  # every path that returns None has reported why
+        raise ConfigError(path, "is not a valid target")
+    return target
 
 
 def _target_type(entry: Mapping[str, Any], path: str, walk: _Walk) -> str | None:
@@ -861,9 +940,15 @@ def load(
             walk.fail(f"{where}.name", f"duplicate target name {target.name!r} "
                       f"(also {seen[target.name]})", "give every target its own name")
         seen.setdefault(target.name, where)
-    if require_targets and not targets and not walk.problems:
+    base = Path(config_path).parent if config_path else Path.cwd()
+    file_sd = _file_sd(top["file_sd"], walk, base) if "file_sd" in top else None
+    if dsn:  # watch this one database: neither the file's targets nor its discovery
+        file_sd = None
+    if require_targets and not targets and file_sd is None and not walk.problems:
         walk.fail("targets", "no database to watch",
-                  f"give --dsn, set {ENV_DSN}, or list targets in the config file")
+                  f"give --dsn, set {ENV_DSN}, or list targets (or file_sd) in the config "
+                  "file")
+    shard = _shard(flags, env, top, walk)
 
     # listen
     listen_text = flags.listen or env.get(ENV_LISTEN) or top.get("listen", DEFAULT_LISTEN)
@@ -892,7 +977,6 @@ def load(
                   "make backoff_max >= backoff_initial")
 
     collectors = _collectors(top.get("collectors"), walk, known)
-    base = Path(config_path).parent if config_path else Path.cwd()
     declarations = _custom_collectors(top, walk, known, base)
     for decl in declarations:
         collectors[decl.name] = CollectorSettings(
@@ -942,4 +1026,55 @@ def load(
         web=web,
         open_healthz=open_healthz,
         custom=MappingProxyType({decl.name: custom.build(decl) for decl in declarations}),
+        file_sd=file_sd,
+        shard=shard,
     )
+
+
+def _file_sd(raw: Any, walk: _Walk, base: Path) -> FileSD | None:
+    """``file_sd: {files: [globs], refresh_interval: 30s}``; a relative glob is the
+    config file's (its directory's)."""
+    if not isinstance(raw, dict):
+        walk.fail("file_sd", f"expected a mapping, got {_kind(raw)}",
+                  "write files: [targets/*.yaml] and optionally refresh_interval: 30s")
+        return None
+    entry = walk.mapping(raw, "file_sd", _FILE_SD_KEYS)
+    files = entry.get("files")
+    patterns = [files] if isinstance(files, str) else files
+    if not isinstance(patterns, list) or not patterns or not all(
+            isinstance(p, str) and p.strip() for p in patterns):
+        walk.fail("file_sd.files", f"expected a list of file paths, got {_kind(files)}",
+                  "list files or globs such as targets/*.yaml (relative to the config file)")
+        return None
+    refresh = DEFAULT_REFRESH
+    if "refresh_interval" in entry:
+        refresh = walk.duration(entry["refresh_interval"], "file_sd.refresh_interval", 0.1) \
+            or DEFAULT_REFRESH
+    # absolute (base / an absolute path is that path), so a later chdir changes nothing
+    resolved = tuple(os.path.normpath((base / p).absolute()) for p in patterns)
+    return FileSD(files=resolved, refresh_interval=refresh)
+
+
+SHARD_FIX = ("write INDEX/COUNT with INDEX from 0 to COUNT - 1, e.g. 0/3, or a pod name "
+             "ending in -INDEX, e.g. hiw-monitor-2/3")
+
+
+def _shard(flags: Overrides, env: Mapping[str, str], top: Mapping[str, Any], walk: _Walk
+           ) -> Shard | None:
+    """--shard > HIW_MONITOR_SHARD > shard: (INDEX/COUNT; see hiw_monitor/shard.py)."""
+    if flags.shard:
+        where, text = "--shard", flags.shard
+    elif env.get(ENV_SHARD):
+        where, text = ENV_SHARD, env[ENV_SHARD]
+    elif top.get("shard") is not None:
+        where, text = "shard", top["shard"]
+    else:
+        return None
+    if not isinstance(text, str):
+        walk.fail(where, f"expected INDEX/COUNT, got {_kind(text)}", SHARD_FIX)
+        return None
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        walk.fail(where, str(exc), SHARD_FIX)
+        return None

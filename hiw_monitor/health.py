@@ -481,6 +481,12 @@ class Health:
                 window.seen[s.collector] = s.last_success_at
                 self._record(window, s, now)
 
+    def forget(self, target: str) -> None:
+        """Drop a target's windows (removed from the fleet, or replaced: a new connection
+        starts a new availability and latency history)."""
+        with self._lock:
+            self._windows.pop(target, None)
+
     def _record(self, window: _Window, sample: Sample, now: float) -> None:
         values = {(f.name, tuple(sorted(x.labels.items()))): x.value
                   for f in sample.families for x in f.samples}

@@ -2,6 +2,12 @@
 
 Collections write here; scrapes read from here. ``put`` replaces one record under a
 lock and bumps a version; rendering (``exposition.py``) is cached per version.
+
+A target removed from the fleet (discovery) takes its records with it
+(:meth:`SnapshotStore.remove_target`); a run of it still in flight then records nothing.
+Families that belong to the agent rather than to a (target, collector) record (the
+targets' ``hiw_target_info``, the discovery and shard self-metrics) are kept by key
+(:meth:`SnapshotStore.set_agent_families`).
 """
 
 from __future__ import annotations
@@ -71,12 +77,14 @@ class TargetState:
 
 
 class SnapshotStore:
-    """Thread-safe map of (target, collector) -> :class:`Sample`, plus per-target state."""
+    """Thread-safe map of (target, collector) -> :class:`Sample`, plus per-target state
+    and the agent's own families."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._samples: dict[tuple[str, str], Sample] = {}
         self._targets: dict[str, TargetState] = {}
+        self._agent: dict[str, tuple[Metric, ...]] = {}  # key -> families (see set_agent_...)
         self._listeners: list[Callable[[], None]] = []
         self.version = 0
 
@@ -97,13 +105,29 @@ class SnapshotStore:
                                      Sample(target, collector, interval, stale_after))
             self.version += 1
 
+    def remove_target(self, name: str) -> None:
+        """Forget a target removed from the fleet: its state and every record of it. A
+        run of it still in flight records nothing afterwards (see :meth:`record_success`)."""
+        with self._lock:
+            removed = self._targets.pop(name, None) is not None
+            for key in [key for key in self._samples if key[0] == name]:
+                del self._samples[key]
+                removed = True
+            if removed:
+                self.version += 1
+
     def record_success(self, target: str, collector: str, families: Sequence[Metric],
                        finished_at: float, duration: float) -> Sample:
+        """Record a successful run; returns the new record (of a pair not registered,
+        i.e. a target removed while it ran: returned, not stored)."""
         with self._lock:
-            old = self._samples[(target, collector)]
-            new = replace(old, families=tuple(families), finished_at=finished_at,
-                          duration=duration, error=None, last_success_at=finished_at,
-                          runs_total=old.runs_total + 1, fallback=())
+            old = self._samples.get((target, collector))
+            new = replace(old or Sample(target, collector, 0.0, 0.0), families=tuple(families),
+                          finished_at=finished_at, duration=duration, error=None,
+                          last_success_at=finished_at,
+                          runs_total=(old.runs_total if old else 0) + 1, fallback=())
+            if old is None:
+                return new
             self._samples[(target, collector)] = new
             self.version += 1
         self._notify()
@@ -111,11 +135,16 @@ class SnapshotStore:
 
     def record_failure(self, target: str, collector: str, error: Reason, finished_at: float,
                        duration: float, fallback: Sequence[Metric] = ()) -> Sample:
+        """Record a failed run (of a pair not registered: returned, not stored)."""
         with self._lock:
-            old = self._samples[(target, collector)]
-            new = replace(old, finished_at=finished_at, duration=duration, error=error,
-                          errors_total=old.errors_total + 1, runs_total=old.runs_total + 1,
+            old = self._samples.get((target, collector))
+            new = replace(old or Sample(target, collector, 0.0, 0.0), finished_at=finished_at,
+                          duration=duration, error=error,
+                          errors_total=(old.errors_total if old else 0) + 1,
+                          runs_total=(old.runs_total if old else 0) + 1,
                           fallback=tuple(fallback))
+            if old is None:
+                return new
             self._samples[(target, collector)] = new
             self.version += 1
         self._notify()
@@ -124,7 +153,9 @@ class SnapshotStore:
     def record_skip(self, target: str, collector: str, reason: str) -> None:
         """The scheduler skipped a run (previous one still running, or missed its slot)."""
         with self._lock:
-            old = self._samples[(target, collector)]
+            old = self._samples.get((target, collector))
+            if old is None:  # removed meanwhile
+                return
             counts = dict(old.skipped)
             counts[reason] = counts.get(reason, 0) + 1
             self._samples[(target, collector)] = replace(old, skipped=tuple(sorted(counts.items())))
@@ -133,7 +164,9 @@ class SnapshotStore:
     def set_target(self, name: str, *, up: bool, server_version: str = "",
                    error: Reason | None = None) -> None:
         with self._lock:
-            old = self._targets[name]
+            old = self._targets.get(name)
+            if old is None:  # removed while its run was in flight
+                return
             new = replace(old, up=up, server_version=server_version or old.server_version,
                           error=error, checked=True)
             if new != old:
@@ -145,3 +178,20 @@ class SnapshotStore:
         with self._lock:
             return (self.version, tuple(self._targets.values()),
                     tuple(self._samples.values()))
+
+    def set_agent_families(self, key: str, families: Sequence[Metric]) -> None:
+        """Replace the agent's own families under ``key`` (e.g. ``targets``:
+        hiw_target_info; ``discovery``: the discovery self-metrics); none removes them."""
+        with self._lock:
+            if self._agent.get(key, ()) == tuple(families):
+                return
+            if families:
+                self._agent[key] = tuple(families)
+            elif self._agent.pop(key, None) is None:
+                return
+            self.version += 1
+
+    def agent_families(self) -> tuple[Metric, ...]:
+        """The agent's own families, every key's, in the order the keys were first set."""
+        with self._lock:
+            return tuple(family for families in self._agent.values() for family in families)

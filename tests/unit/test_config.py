@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -649,3 +650,96 @@ def test_budget_errors_exit_2_from_the_cli(tmp_path):
     assert "collectors.bloat.exact_budget" in err
     assert "fix:" in err
     assert "Traceback" not in err
+
+
+# --- fleets: file_sd, shard, target labels ---------------------------------------------
+
+
+def test_file_sd_alone_is_a_fleet_and_its_globs_are_the_config_files(tmp_path):
+    config = load_file(write(tmp_path, """
+        file_sd:
+          files: [targets/*.yaml, /etc/hiw/more.json]
+    """))
+    assert config.targets == ()
+    assert config.file_sd is not None
+    assert config.file_sd.files == (str(tmp_path / "targets" / "*.yaml"), "/etc/hiw/more.json")
+    assert config.file_sd.refresh_interval == 30.0
+    one = load_file(write(tmp_path, "file_sd: {files: a.yaml, refresh_interval: 2m}\n"))
+    assert one.file_sd is not None
+    assert (one.file_sd.files, one.file_sd.refresh_interval) == ((str(tmp_path / "a.yaml"),),
+                                                                  120.0)
+
+
+def test_a_dsn_replaces_targets_and_file_sd(tmp_path):
+    config = load_file(write(tmp_path, "file_sd: {files: [t/*.yaml]}\n"), dsn=DSN)
+    assert config.file_sd is None
+    assert [t.name for t in config.targets] == ["db1:5433/hiw"]
+
+
+@pytest.mark.parametrize(("yaml_text", "path", "words"), [
+    ("file_sd: {}\n", "file_sd.files", "expected a list of file paths"),
+    ("file_sd:\n", "file_sd", "expected a mapping"),
+    ("file_sd: [a.yaml]\n", "file_sd", "expected a mapping"),
+    ("file_sd: {files: []}\n", "file_sd.files", "expected a list of file paths"),
+    ("file_sd: {files: [a.yaml, 3]}\n", "file_sd.files", "expected a list of file paths"),
+    ("file_sd: {files: [a.yaml], refresh_interval: soon}\n", "file_sd.refresh_interval",
+     "not a valid duration"),
+    ("file_sd: {files: [a.yaml], refresh: 5s}\n", "file_sd.refresh", "unknown key"),
+    ("shard: 3/3\n", "shard", "not below the shard count 3"),
+    ("shard: 2\n", "shard", "expected INDEX/COUNT, got an integer"),
+    ("targets: [{name: a, host: h, labels: {target: x}}]\n", "targets[0].labels.target",
+     "reserved"),
+    ("targets: [{name: a, host: h, labels: {__x: y}}]\n", "targets[0].labels.__x",
+     "not a label name"),
+    ("targets: [{name: a, host: h, labels: [x]}]\n", "targets[0].labels", "expected a mapping"),
+])
+def test_fleet_settings_are_checked(tmp_path, yaml_text, path, words):
+    error = load_error(tmp_path, yaml_text, dsn=DSN if "targets" not in yaml_text else None)
+    problem = next(p for p in all_problems(error) if p.path == path)
+    assert words in problem.problem
+    assert problem.fix
+
+
+def test_shard_precedence_flag_env_file(tmp_path):
+    path = write(tmp_path, "shard: 0/2\n")
+    assert str(load_file(path, dsn=DSN).shard) == "0/2"
+    assert str(load_file(path, {"HIW_MONITOR_SHARD": "hiw-monitor-1/2"}, dsn=DSN).shard) == "1/2"
+    assert str(load_file(path, {"HIW_MONITOR_SHARD": "1/2"}, dsn=DSN, shard="2/3").shard) == "2/3"
+    assert load_file(write(tmp_path, "{}\n", "none.yaml"), dsn=DSN).shard is None
+
+
+@pytest.mark.parametrize("shard", ["3/3", "a/b", "0/0", "-1/2", "hiw-monitor/3", "1/2/3"])
+def test_a_bad_shard_names_where_it_came_from(tmp_path, shard):
+    path = write(tmp_path, f"shard: '{shard}'\n")
+    for environ, flags, where in (({}, {}, "shard"), ({"HIW_MONITOR_SHARD": shard}, {},
+                                                      "HIW_MONITOR_SHARD"),
+                                  ({}, {"shard": shard}, "--shard")):
+        with pytest.raises(ConfigError) as info:
+            load_file(path, environ, dsn=DSN, **flags)
+        assert paths(info.value) == [where]
+        assert "INDEX/COUNT" in info.value.fix
+        assert "hiw-monitor-2/3" in info.value.fix  # the StatefulSet form
+
+
+@pytest.mark.parametrize(("args", "env", "where"), [
+    (["--shard=3/3"], {}, "--shard: shard index 3 is not below the shard count 3"),
+    ([], {"HIW_MONITOR_SHARD": "-1/2"}, "HIW_MONITOR_SHARD: '-1/2' is not INDEX/COUNT"),
+])
+def test_a_bad_shard_is_a_usage_error_from_the_cli(args, env, where):
+    result = subprocess.run([sys.executable, "-m", "hiw_monitor", "once", "--dsn", DSN, *args],
+                            capture_output=True, text=True, timeout=120, check=False,
+                            env={**os.environ, **env})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"hiw-monitor: configuration error: {where} (fix: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_target_labels_are_info_labels_not_connection_settings(tmp_path):
+    config = load_file(write(tmp_path, """
+        targets:
+          - {name: a, dsn: "postgresql://mon@db/hiw", labels: {team: core, tier: 1}}
+    """))
+    target = config.targets[0]
+    assert target.labels == (("team", "core"), ("tier", "1"))
+    assert "team" not in target.conninfo
+    assert target.connection() == TargetConfig("a", target.conninfo)
