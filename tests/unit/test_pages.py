@@ -231,9 +231,10 @@ def test_no_data_yet():
     reports = Health(store, clock=lambda: NOW).report(NOW)
     page = status_page(reports, store.view(), NOW)
     dom = Dom(page)
-    # down (never connected) and no PgBouncer watched: the only two measured checks
+    # no PgBouncer watched: the only measured check (availability is unknown until the
+    # first connection attempt, not down)
     assert [e.attrs["data-check"] for e in dom.find(class_="finding")] == [
-        "availability", "connection_pooling"]
+        "connection_pooling"]
     assert dom.one(id="score").attrs["data-score"] == f"{reports[0].score.value:g}"
     assert dom.one(class_="target-health").attrs["data-up"] == "false"
     assert dom.one(id="latency-chart").attrs["data-points"] == "0"
