@@ -23,9 +23,15 @@ CATALOG = Path(__file__).parents[2] / "docs" / "metrics.md"
 
 def catalog_names() -> set[str]:
     """The PostgreSQL side of the catalog: the pgbouncer collector's families
-    (``hiw_pgbouncer_*``) are checked against real PgBouncers by test_pgbouncer.py."""
+    (``hiw_pgbouncer_*``) are checked against real PgBouncers by test_pgbouncer.py, the
+    fleet's (:data:`FLEET`) by test_discovery.py."""
     found = re.findall(r"^\| `(hiw_[a-z0-9_]+)` \|", CATALOG.read_text(), re.MULTILINE)
-    return {name for name in found if not name.startswith("hiw_pgbouncer_")}
+    return {name for name in found if not name.startswith("hiw_pgbouncer_")} - FLEET
+
+
+# the agent's fleet families: checked by tests/unit/test_discovery.py
+FLEET = {"hiw_target_info", "hiw_discovery_file_valid", "hiw_discovery_targets",
+         "hiw_discovery_errors_total", "hiw_shard_targets"}
 
 
 def exposed_name(family) -> str:

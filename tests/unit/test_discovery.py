@@ -3,9 +3,11 @@ agent's view of a changing fleet (no database: nothing here connects)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,6 +22,7 @@ from structlog.testing import capture_logs
 from hiw_monitor.config import FileSD, Overrides, TargetConfig, load
 from hiw_monitor.discovery import REASONS, Discovery, Problem, parse
 from hiw_monitor.scheduler import Agent
+from hiw_monitor.shard import parse as parse_shard
 
 GROUPS = """
 - targets: ["db1.internal:5432", "db2.internal:5433"]
@@ -425,3 +428,21 @@ def test_validate_config_checks_the_discovery_files(tmp_path):
     assert f"hiw-monitor: discovery file {tmp_path / 'targets' / 'b.yaml'}: " \
         "[0].labels.password: refused" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_fleet_families_are_the_ones_docs_metrics_md_lists(fleet, tmp_path):
+    """docs/metrics.md's fleet section lists exactly what an agent with discovery files
+    (one of them bad) and a shard exports about its fleet."""
+    path, config = fleet
+    write(path, group("127.0.0.1:1", name="a", team="x"))
+    (path.parent / "bad.yaml").write_text("- targets: [")
+    agent = Agent(dataclasses.replace(config, shard=parse_shard("0/2")))
+    try:
+        exported = {f"{f.name}_total" if f.type == "counter" else f.name
+                    for f in agent.store.agent_families()}
+    finally:
+        agent.stop()
+    text = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    section = text.split("## Fleet: targets, discovery and sharding", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(hiw_[a-z0-9_]+)` \|", section, re.MULTILINE))
+    assert exported == documented
