@@ -1,5 +1,5 @@
-"""The HTTP side: ``/metrics``, ``/health`` (the review as JSON), ``/healthz``, ``/ready``
-and the status page ``/``.
+"""The HTTP side: ``/metrics``, ``/probe?target=NAME`` (one target's series), ``/health``
+(the review as JSON), ``/healthz``, ``/ready`` and the status page ``/``.
 
 A tiny WSGI app on a threading ``wsgiref`` server: every request gets its own daemon
 thread, so a slow client never holds up another scrape, and nothing here touches the
@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -24,7 +25,7 @@ import structlog
 
 from hiw_monitor import pages
 from hiw_monitor.errors import ConfigError
-from hiw_monitor.exposition import Exposition
+from hiw_monitor.exposition import Exposition, Rendered
 from hiw_monitor.health import Health, document
 from hiw_monitor.snapshot import SnapshotStore
 from hiw_monitor.webconfig import WebConfig, peer_sans
@@ -128,6 +129,8 @@ class App:
                                [("WWW-Authenticate", 'Basic realm="hiw-monitor"')])
         if path == "/metrics":
             body = self._metrics(environ, start_response)
+        elif path == "/probe":
+            body = self._probe(environ, start_response)
         elif path == "/healthz":
             reason = self.alive()
             body = self._plain(start_response, "503 Service Unavailable" if reason else "200 OK",
@@ -154,7 +157,8 @@ class App:
             body = [page]
         else:
             body = self._plain(start_response, "404 Not Found",
-                               "not found; try /metrics, /health, /healthz, /ready or /\n")
+                               "not found; try /metrics, /probe?target=NAME, /health, "
+                               "/healthz, /ready or /\n")
         return [] if method == "HEAD" else body
 
     @staticmethod
@@ -165,10 +169,35 @@ class App:
                                 ("Content-Length", str(len(data))), *(extra or [])])
         return [data]
 
+    @staticmethod
+    def _formats(environ: dict[str, Any]) -> tuple[bool, bool]:
+        """(OpenMetrics, gzip) as the request accepts them."""
+        return ("application/openmetrics-text" in _accepted(environ.get("HTTP_ACCEPT", "")),
+                "gzip" in _accepted(environ.get("HTTP_ACCEPT_ENCODING", "")))
+
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        openmetrics = "application/openmetrics-text" in _accepted(environ.get("HTTP_ACCEPT", ""))
-        gzipped = "gzip" in _accepted(environ.get("HTTP_ACCEPT_ENCODING", ""))
+        openmetrics, gzipped = self._formats(environ)
         rendered = self.exposition.get(openmetrics_format=openmetrics, gzipped=gzipped)
+        return self._exposition(rendered, start_response)
+
+    def _probe(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        """One target's blocks of the exposition (its collectors', self-metrics, health),
+        from the same cache as /metrics: a Prometheus job may scrape each target as its
+        own instance. Nothing here touches the database either."""
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        names = query.get("target", [])
+        if len(names) != 1 or not names[0]:
+            return self._plain(start_response, "400 Bad Request",
+                               "give one target: /probe?target=NAME\n")
+        openmetrics, gzipped = self._formats(environ)
+        rendered = self.exposition.probe(names[0], openmetrics_format=openmetrics,
+                                         gzipped=gzipped)
+        if rendered is None:  # the name is not echoed, nor the targets listed
+            return self._plain(start_response, "404 Not Found", "no such target\n")
+        return self._exposition(rendered, start_response)
+
+    @staticmethod
+    def _exposition(rendered: Rendered, start_response: StartResponse) -> list[bytes]:
         headers = [("Content-Type", rendered.content_type),
                    ("Content-Length", str(len(rendered.body))), ("Vary", "Accept-Encoding")]
         if rendered.gzipped:

@@ -214,14 +214,17 @@ def test_target_state_is_exposed(store):
 
 @pytest.fixture
 def render_calls(monkeypatch):
+    """The collector blocks rendered: one entry (openmetrics_format) per rendering of a
+    block holding ``hiw_test_gauge`` (self-metrics blocks are rendered too, not counted)."""
     calls = []
-    real = exposition_module.render
+    real = exposition_module.render_block
 
     def spy(families, *, openmetrics_format):
-        calls.append(openmetrics_format)
+        if any(f.name == "hiw_test_gauge" for f in families):
+            calls.append(openmetrics_format)
         return real(families, openmetrics_format=openmetrics_format)
 
-    monkeypatch.setattr(exposition_module, "render", spy)
+    monkeypatch.setattr(exposition_module, "render_block", spy)
     return calls
 
 
@@ -243,15 +246,16 @@ def test_cache_rerenders_at_the_stale_deadline(store, render_calls):
     clock = Clock(100.0)
     expo = Exposition(store, clock, prerender=False)
     store.record_success("t1", "conn", families_for("t1"), 100.0, 0.1)
-    before = expo.get().body
+    before = expo.get()
     clock.now = 129.9
-    assert expo.get().body == before
+    assert expo.get() is before
     assert len(render_calls) == 1
     clock.now = 130.5  # no store change, but the deadline (100 + 30) has passed
     after = expo.get().body
-    assert len(render_calls) == 2
-    assert after != before
+    assert len(render_calls) == 1  # nothing left of that block to render
+    assert after != before.body
     assert "hiw_test_gauge" not in after.decode()
+    assert value(after, "hiw_collector_stale", target="t1", collector="conn") == 1.0
 
 
 def test_formats_and_gzip_are_cached_separately(store, render_calls):
@@ -268,6 +272,9 @@ def test_formats_and_gzip_are_cached_separately(store, render_calls):
     assert (om.content_type, om_zipped.content_type) == (OPENMETRICS_CONTENT_TYPE,) * 2
     assert gzip.decompress(zipped.body) == plain.body
     assert gzip.decompress(om_zipped.body) == om.body
+    for rendered in (plain, zipped, om, om_zipped):  # all cached
+        assert expo.get(openmetrics_format=rendered.content_type == OPENMETRICS_CONTENT_TYPE,
+                        gzipped=rendered.gzipped) is rendered
 
 
 def test_gzip_first_then_plain(store):
@@ -336,25 +343,20 @@ def test_text_output_has_no_timestamps():
             assert len(line.rsplit("} ", 1)[-1].split()) == 1
 
 
-def test_updates_prerender_the_formats_scrapers_ask_for(monkeypatch):
-    calls = []
-    real = exposition_module.render
-
-    def counting(families, *, openmetrics_format):
-        calls.append(openmetrics_format)
-        return real(families, openmetrics_format=openmetrics_format)
-
-    monkeypatch.setattr(exposition_module, "render", counting)
+def test_updates_prerender_the_formats_scrapers_ask_for(render_calls):
     store = SnapshotStore()
     store.register("t1", "dsn", "conn", 15, 45)
-    exposition = Exposition(store)
+    clock = Clock(100.0)
+    exposition = Exposition(store, clock)
     exposition.get(openmetrics_format=True, gzipped=True)  # what Prometheus asks for
-    calls.clear()
     store.record_success("t1", "conn", families_for("t1"), 100.0, 0.1)
-    assert True in calls  # rendered in the collecting thread, on update
-    calls.clear()
+    assert render_calls == [True]  # rendered in the collecting thread, on update
     exposition.get(openmetrics_format=True, gzipped=True)
-    assert calls == []  # the scrape itself renders nothing
+    assert render_calls == [True]  # the scrape renders no collector block
+    exposition.get()  # a scraper of the text format: from now on, rendered on update too
+    assert render_calls == [True, False]
+    store.record_success("t1", "conn", families_for("t1", 2.0), 101.0, 0.1)
+    assert sorted(render_calls) == [False, False, True, True]
 
 
 # --- a family that cannot be rendered (issue 10, item 7) --------------------------------
