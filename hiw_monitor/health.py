@@ -456,6 +456,8 @@ class Health:
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
         self._disabled = frozenset(self.options["disabled_checks"])
+        # target -> (what its health rested on, its families): see families()
+        self._cache: dict[str, tuple[Any, list[Metric]]] = {}
 
     # fed by the store after every recorded run (SnapshotStore.subscribe)
     def observe(self) -> None:
@@ -486,6 +488,7 @@ class Health:
         starts a new availability and latency history)."""
         with self._lock:
             self._windows.pop(target, None)
+            self._cache.pop(target, None)
 
     def _record(self, window: _Window, sample: Sample, now: float) -> None:
         values = {(f.name, tuple(sorted(x.labels.items()))): x.value
@@ -598,7 +601,49 @@ class Health:
     def families(self, now: float | None = None) -> list[Metric]:
         """``hiw_health_*`` and the metric checks' ``hiw_review_check_status`` (the SQL
         checks' come with the review collector's own results, or here as ``unknown``
-        while it has none)."""
+        while it has none), one set of families per target.
+
+        A target is evaluated again only when what its health rests on changed (one of
+        its stored results, or their freshness, its state, its windows), so a fleet's
+        cost per collection is one target's evaluation, not every target's."""
+        now = self.clock() if now is None else now
+        _, targets, samples = self.store.view()
+        by_target: dict[str, list[Sample]] = {}
+        for s in samples:
+            by_target.setdefault(s.target, []).append(s)
+        out: list[Metric] = []
+        kept: dict[str, tuple[Any, list[Metric]]] = {}
+        for state in targets:
+            if state.name in self.pgbouncer_targets:
+                continue
+            mine = by_target.get(state.name, [])
+            key = self._inputs(state, mine, now)
+            cached = self._cache.get(state.name)
+            if cached is None or cached[0] != key:
+                cached = (key, self._target_families(self._target(state, mine, now), mine,
+                                                     now))
+            kept[state.name] = cached
+            out.extend(cached[1])
+        with self._lock:
+            self._cache = kept  # targets gone are forgotten
+        return out
+
+    def _inputs(self, state: TargetState, samples: Sequence[Sample], now: float) -> Any:
+        """What one target's health rests on (see :meth:`families`)."""
+        with self._lock:
+            window = self._windows.get(state.name)
+            windows = None if window is None else (
+                len(window.latency), window.latency[-1] if window.latency else None,
+                max((r for _, r in window.utilization), default=None),
+                round(window.up_seconds / window.observed_seconds, 6)
+                if window.observed_seconds > 0 else None)
+        return (state, self.has_pgbouncer, windows,
+                tuple((s.collector, id(s), s.fresh(now)) for s in samples))
+
+    @staticmethod
+    def _target_families(health: TargetHealth, samples: Sequence[Sample], now: float
+                         ) -> list[Metric]:
+        t = health.target
         score_f = GaugeMetricFamily("hiw_health_score", "Health score, 0 to 10 "
                                     "(docs/review.md).", labels=["target"])
         component_f = GaugeMetricFamily("hiw_health_component_score",
@@ -607,29 +652,19 @@ class Health:
         lost_f = GaugeMetricFamily("hiw_health_check_points_lost",
                                    "Points of the health score lost to the check.",
                                    labels=["target", "check"])
-        out: list[Metric] = [score_f, component_f, lost_f]
-        for health in self.report(now):
-            t = health.target
-            if health.score.value is not None:
-                score_f.add_metric([t], health.score.value)
-            for c in health.score.components:
-                if c.score is not None:
-                    component_f.add_metric([t, c.name], c.score)
-            for loss in health.score.losses:
-                lost_f.add_metric([t, loss.check], loss.points)
-            review_fresh = any(isinstance(x, review.FindingsFamily)
-                               for x in self._review_families(t, now))
-            exported = [x for x in health.findings
-                        if x.check.source == "metrics" or not review_fresh]
-            out.append(review.status_family(t, exported))
-        return out
-
-    def _review_families(self, target: str, now: float | None) -> tuple[Metric, ...]:
-        now = self.clock() if now is None else now
-        _, _, samples = self.store.view()
-        sample = next((s for s in samples if s.target == target and s.collector == "review"),
-                      None)
-        return sample.served(now) if sample is not None else ()
+        if health.score.value is not None:
+            score_f.add_metric([t], health.score.value)
+        for c in health.score.components:
+            if c.score is not None:
+                component_f.add_metric([t, c.name], c.score)
+        for loss in health.score.losses:
+            lost_f.add_metric([t, loss.check], loss.points)
+        review_sample = next((s for s in samples if s.collector == "review"), None)
+        served = review_sample.served(now) if review_sample is not None else ()
+        review_fresh = any(isinstance(x, review.FindingsFamily) for x in served)
+        exported = [x for x in health.findings
+                    if x.check.source == "metrics" or not review_fresh]
+        return [score_f, component_f, lost_f, review.status_family(t, exported)]
 
 
 def _json_safe(value: Any) -> Any:

@@ -154,3 +154,34 @@ def test_bad_school_hours_and_time_zone_are_config_errors(tmp_path):
 def config_path_overrides(path: Path):
     from hiw_monitor.config import Overrides
     return Overrides(config=str(path))
+
+
+def test_health_families_evaluate_again_only_the_targets_whose_results_changed():
+    from hiw_monitor.health import Health
+    from hiw_monitor.snapshot import SnapshotStore
+
+    store = SnapshotStore()
+    for name in ("a", "b", "c"):
+        store.register(name, f"host={name}", "connections", 15, 45)
+        store.set_target(name, up=True)
+        store.record_success(name, "connections", [], 100.0, 0.1)
+    health = Health(store, clock=lambda: 110.0)
+    evaluated: list[str] = []
+    real = health._target
+
+    def counting(state, samples, now):
+        evaluated.append(state.name)
+        return real(state, samples, now)
+
+    health._target = counting  # type: ignore[method-assign]
+    first = health.families(110.0)
+    assert sorted(evaluated) == ["a", "b", "c"]
+    evaluated.clear()
+    assert [f.samples for f in health.families(110.0)] == [f.samples for f in first]
+    assert evaluated == []
+    store.record_success("b", "connections", [], 111.0, 0.1)
+    health.families(111.0)
+    assert evaluated == ["b"]
+    evaluated.clear()
+    health.families(200.0)  # a's, b's and c's results went stale: each evaluated again
+    assert sorted(evaluated) == ["a", "b", "c"]
