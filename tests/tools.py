@@ -58,9 +58,11 @@ def fast_rules(tmp: Path) -> Path:
 
 
 @contextlib.contextmanager
-def prometheus(tmp: Path, agent_url: str) -> Iterator[str]:
-    """A real Prometheus scraping the agent every second with :func:`fast_rules`; yields
-    its URL and stops it (by its PID) afterwards."""
+def prometheus(tmp: Path, agent_url: str,
+               scrape_configs: list[dict[str, Any]] | None = None) -> Iterator[str]:
+    """A real Prometheus scraping the agent every second with :func:`fast_rules` (or with
+    ``scrape_configs`` of the caller's); yields its URL and stops it (by its PID)
+    afterwards."""
     from hiw_monitor.demo.cluster import free_port
 
     binary = require("prometheus")
@@ -69,7 +71,7 @@ def prometheus(tmp: Path, agent_url: str) -> Iterator[str]:
     config.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(fast_rules(tmp))],
-        "scrape_configs": [{"job_name": "hiw-monitor", "static_configs": [
+        "scrape_configs": scrape_configs or [{"job_name": "hiw-monitor", "static_configs": [
             {"targets": [agent_url.removeprefix("http://")]}]}],
     }))
     with (tmp / "prometheus.log").open("w") as log:

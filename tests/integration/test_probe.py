@@ -14,10 +14,9 @@ from helpers import http_get, running_agent, sample, samples, wait_for
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
-from tools import promql, require
+from tools import prometheus, promql, require
 
 from hiw_monitor.config import Overrides, load
-from hiw_monitor.demo.cluster import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -120,27 +119,14 @@ def test_prometheus_scrapes_probe_and_metrics_gzipped(pg, tmp_path):
     """A real Prometheus (Go's compress/gzip reads the assembled gzip body; it asks for
     OpenMetrics) scrapes /metrics and /probe?target=a: every scrape is up, and the probe
     job gets a's series only, as many as hiw_target_series says."""
-    binary = require("prometheus")
     with running_agent(two_targets(pg, tmp_path)) as run:
         wait_for(lambda: sample(run.metrics(), "hiw_collector_up", target="a",
                                 collector="database") == 1, what="a's database collected")
         agent = run.url.removeprefix("http://")
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s"},
-            "scrape_configs": [
-                {"job_name": "metrics", "static_configs": [{"targets": [agent]}]},
+        jobs = [{"job_name": "metrics", "static_configs": [{"targets": [agent]}]},
                 {"job_name": "probe", "metrics_path": "/probe", "params": {"target": ["a"]},
-                 "static_configs": [{"targets": [agent]}]},
-            ]}))
-        with (tmp_path / "prometheus.log").open("w") as log:
-            process = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
+                 "static_configs": [{"targets": [agent]}]}]
+        with prometheus(tmp_path, run.url, jobs) as url:
 
             def scraped() -> bool:
                 up = {r["metric"]["job"]: r["value"][1] for r in promql(url, "up")}
@@ -162,11 +148,4 @@ def test_prometheus_scrapes_probe_and_metrics_gzipped(pg, tmp_path):
                     samples_scraped[0]["value"][1] == series[0]["value"][1]
 
             wait_for(counted, what="scrape_samples_scraped == hiw_target_series")
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
         assert "gzip" not in (tmp_path / "prometheus.log").read_text().lower()
