@@ -312,6 +312,15 @@ def _report(agent: Agent, chosen: Sequence[str]) -> bool:
     return ok
 
 
+def _unreachable(agent: Agent) -> bool:
+    """Say on stderr which targets could not be reached; True if any."""
+    _, targets, _ = agent.store.view()
+    down = [t.name for t in targets if not t.up]
+    if down:
+        print(f"hiw-monitor: unreachable: {', '.join(down)}", file=sys.stderr)
+    return bool(down)
+
+
 def cmd_once(args: argparse.Namespace) -> int:
     config = load(_overrides(args))
     logs.configure(config.log_level, config.log_format)
@@ -330,10 +339,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         openmetrics_format=args.openmetrics)
     sys.stdout.buffer.write(rendered.body)
     sys.stdout.flush()
-    _, targets, _ = agent.store.view()
-    down = [t.name for t in targets if not t.up]
-    if down:
-        print(f"hiw-monitor: unreachable: {', '.join(down)}", file=sys.stderr)
+    if _unreachable(agent):
         return EXIT_FAILURE
     return EXIT_OK if collected else EXIT_COLLECTOR
 
@@ -400,10 +406,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     else:
         sys.stdout.buffer.write(text.encode("utf-8"))
         sys.stdout.flush()
-    _, targets, _ = agent.store.view()
-    down = [t.name for t in targets if not t.up]
-    if down:
-        print(f"hiw-monitor: unreachable: {', '.join(down)}", file=sys.stderr)
+    if _unreachable(agent):
         return EXIT_FAILURE
     code = report.exit_code(reports)
     if code == EXIT_CRITICAL:
