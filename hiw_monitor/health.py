@@ -456,8 +456,8 @@ class Health:
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
         self._disabled = frozenset(self.options["disabled_checks"])
-        # target -> (what its health rested on, its families): see families()
-        self._cache: dict[str, tuple[Any, list[Metric]]] = {}
+        # target -> (what its health rested on, its health, its families): see families()
+        self._cache: dict[str, tuple[Any, TargetHealth, list[Metric]]] = {}
 
     # fed by the store after every recorded run (SnapshotStore.subscribe)
     def observe(self) -> None:
@@ -510,14 +510,34 @@ class Health:
             window.latency.popleft()
 
     def report(self, now: float | None = None) -> list[TargetHealth]:
-        """The health of every PostgreSQL target, in the store's order."""
+        """The health of every PostgreSQL target, in the store's order (each evaluated
+        again only when what it rests on changed, as in :meth:`families`)."""
+        return [health for health, _ in self._evaluate(now)]
+
+    def _evaluate(self, now: float | None) -> list[tuple[TargetHealth, list[Metric]]]:
+        """Every PostgreSQL target's health and families, from the cache where its inputs
+        did not change; targets gone are forgotten."""
         now = self.clock() if now is None else now
         _, targets, samples = self.store.view()
         by_target: dict[str, list[Sample]] = {}
         for s in samples:
             by_target.setdefault(s.target, []).append(s)
-        return [self._target(t, by_target.get(t.name, []), now) for t in targets
-                if t.name not in self.pgbouncer_targets]
+        out: list[tuple[TargetHealth, list[Metric]]] = []
+        kept: dict[str, tuple[Any, TargetHealth, list[Metric]]] = {}
+        for state in targets:
+            if state.name in self.pgbouncer_targets:
+                continue
+            mine = by_target.get(state.name, [])
+            key = self._inputs(state, mine, now)
+            cached = self._cache.get(state.name)
+            if cached is None or cached[0] != key:
+                health = self._target(state, mine, now)
+                cached = (key, health, self._target_families(health, mine, now))
+            kept[state.name] = cached
+            out.append((cached[1], cached[2]))
+        with self._lock:
+            self._cache = kept
+        return out
 
     def _target(self, state: TargetState, samples: Sequence[Sample], now: float
                 ) -> TargetHealth:
@@ -606,27 +626,7 @@ class Health:
         A target is evaluated again only when what its health rests on changed (one of
         its stored results, or their freshness, its state, its windows), so a fleet's
         cost per collection is one target's evaluation, not every target's."""
-        now = self.clock() if now is None else now
-        _, targets, samples = self.store.view()
-        by_target: dict[str, list[Sample]] = {}
-        for s in samples:
-            by_target.setdefault(s.target, []).append(s)
-        out: list[Metric] = []
-        kept: dict[str, tuple[Any, list[Metric]]] = {}
-        for state in targets:
-            if state.name in self.pgbouncer_targets:
-                continue
-            mine = by_target.get(state.name, [])
-            key = self._inputs(state, mine, now)
-            cached = self._cache.get(state.name)
-            if cached is None or cached[0] != key:
-                cached = (key, self._target_families(self._target(state, mine, now), mine,
-                                                     now))
-            kept[state.name] = cached
-            out.extend(cached[1])
-        with self._lock:
-            self._cache = kept  # targets gone are forgotten
-        return out
+        return [family for _, families in self._evaluate(now) for family in families]
 
     def _inputs(self, state: TargetState, samples: Sequence[Sample], now: float) -> Any:
         """What one target's health rests on (see :meth:`families`)."""
@@ -636,7 +636,8 @@ class Health:
                 len(window.latency), window.latency[-1] if window.latency else None,
                 max((r for _, r in window.utilization), default=None),
                 round(window.up_seconds / window.observed_seconds, 6)
-                if window.observed_seconds > 0 else None)
+                if window.observed_seconds > 0 else None,
+                int(window.observed_seconds // 60))  # the window's length, per minute
         return (state, self.has_pgbouncer, windows,
                 tuple((s.collector, id(s), s.fresh(now)) for s in samples))
 
