@@ -254,12 +254,12 @@ def test_a_real_sighup_to_hiw_monitor_run(pg, tmp_path):
 
 def test_a_stalled_target_never_delays_the_other_nineteen(pg, tmp_path):
     """20 discovered targets, one behind a proxy that stalls: while the stalled target's
-    one run hangs (its client deadline is 65 s), each of the other 19 completes at least
+    one run hangs (its client deadline is 305 s), each of the other 19 completes at least
     3 more runs of its 1 s collector, and the stalled one completes none (a pool that let
     it hold up the others would give them none until its deadline); then removing it from
     the file takes it out."""
     config = load(Overrides(config=str(write_config(
-        tmp_path, timeout="60s"))), environ={})
+        tmp_path, timeout="300s"))), environ={})
     fleet = tmp_path / "targets" / "fleet.yaml"
     proxy = StallingProxy(pg.cluster.port)
     others = [f"t{i:02d}" for i in range(19)]
@@ -277,9 +277,10 @@ def test_a_stalled_target_never_delays_the_other_nineteen(pg, tmp_path):
                 now = successes(run.metrics())
                 return all(now[n] >= before[n] + 3 for n in others)
 
-            # the hang guard stays below the stalled run's deadline (65 s): the verdict
-            # is "while that one run hangs", not a speed
-            wait_for(three_more, timeout=55, what="3 more runs of each other target")
+            # the hang guard stays below the stalled run's deadline (305 s): the verdict
+            # is "while that one run hangs", not a speed (57 runs of a 1 s collector on
+            # 16 workers fit in it on a very slow machine)
+            wait_for(three_more, timeout=290, what="3 more runs of each other target")
             assert "stalled" in pool.busy()
             assert run.value("hiw_collector_runs_total", target="stalled") == \
                 sample(start, "hiw_collector_runs_total", target="stalled")
