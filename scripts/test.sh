@@ -22,6 +22,11 @@ command -v openssl >/dev/null || apt_packages+=(openssl)
 command -v chromium >/dev/null || apt_packages+=(chromium)  # the status page's browser test
 # the roots of PostgreSQL 13 and 17 (only root can build and chroot into them)
 if [ "$(id -u)" -eq 0 ]; then command -v debootstrap >/dev/null || apt_packages+=(debootstrap); fi
+# the container image's build-and-run test (podman with chroot isolation and runc) and the
+# systemd unit's check (systemd-analyze)
+command -v podman >/dev/null || apt_packages+=(podman)
+command -v runc >/dev/null || apt_packages+=(runc)
+command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${apt_packages[*]}; install them as root" >&2
