@@ -15,6 +15,9 @@
 # - flags: the arguments after the image name replace `run` (e.g. `run --dsn ...`,
 #   `once --dsn ...`, `review --dsn ...`, `validate-config FILE`).
 #
+# With podman or buildah, build with --format docker: the OCI image format has no
+# HEALTHCHECK (buildah drops it with a warning).
+#
 # BASE_IMAGE: any Debian-like image with python3 >= 3.11 and its venv module (the tests
 # build from a local Debian bookworm root). The pip index: pass --build-arg PIP_INDEX_URL
 # (and PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST) for a mirror; they reach the build stage only.
