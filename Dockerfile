@@ -23,7 +23,7 @@
 # (and PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST) for a mirror; they reach the build stage only.
 ARG BASE_IMAGE=python:3.12-slim
 
-# --- build: the agent's wheel and the wheels of its dependencies --------------------------
+# --- build: the agent's wheel, installed with its dependencies into a venv ---------------
 FROM ${BASE_IMAGE} AS build
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
@@ -32,14 +32,22 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=igno
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY hiw_monitor ./hiw_monitor
-# binary wheels only for the dependencies (psycopg[binary], bcrypt, PyYAML have them for
-# CPython 3.11+ on x86_64 and aarch64): no compiler is needed, none is installed
+# Binary wheels only for the dependencies (psycopg[binary], bcrypt, PyYAML have them for
+# CPython 3.11+ on x86_64 and aarch64): no compiler is needed, none is installed. The venv
+# is made here at its final path, from the same base image as the runtime stage, and
+# copied whole: no wheel, pip or cache reaches a layer of the final image (a
+# RUN --mount=from=build install in the final stage fails in buildah 1.28, Debian 12's
+# podman, as soon as the build stage comes from its layer cache).
 RUN python3 -m venv /opt/build \
     && /opt/build/bin/pip wheel --no-cache-dir --only-binary=:all: --no-binary=hiw-monitor \
         --wheel-dir /wheels . \
-    && ls /wheels/hiw_monitor-*.whl
+    && python3 -m venv /opt/hiw-monitor \
+    && /opt/hiw-monitor/bin/pip install --no-cache-dir --no-index --find-links=/wheels \
+        hiw-monitor \
+    && /opt/hiw-monitor/bin/pip uninstall --yes --quiet pip setuptools \
+    && /opt/hiw-monitor/bin/hiw-monitor --version
 
-# --- runtime: the wheels installed into a venv, no pip, no build tools ---------------------
+# --- runtime: the venv and a user, nothing else --------------------------------------------
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
 ARG REVISION=unknown
@@ -50,17 +58,9 @@ LABEL org.opencontainers.image.title="hiw-monitor" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.vendor="Heroes in Waiting" \
       org.opencontainers.image.documentation="README.md, section Deploying"
-# the wheels are bind-mounted from the build stage: they never become a layer here
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python3 -m venv /opt/hiw-monitor \
-    && /opt/hiw-monitor/bin/pip install --no-cache-dir --no-index --disable-pip-version-check \
-        --find-links=/wheels hiw-monitor \
-    && /opt/hiw-monitor/bin/pip uninstall --yes --quiet --disable-pip-version-check \
-        pip setuptools \
-    && /opt/hiw-monitor/bin/hiw-monitor --help >/dev/null \
-    && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin hiw-monitor \
-    && rm -rf /root/.cache /tmp/*
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin hiw-monitor
+COPY --from=build /opt/hiw-monitor /opt/hiw-monitor
 ENV PATH=/opt/hiw-monitor/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
