@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     stale = []
-    for name, text in rendered().items():
+    generated = rendered()
+    for name, text in generated.items():
         path = args.out / name
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         stale.append(name)
         if not args.check:
             path.write_text(text, encoding="utf-8")
-    orphans = sorted(p.name for p in args.out.glob("*.json") if p.name not in rendered())
+    orphans = sorted(p.name for p in args.out.glob("*.json") if p.name not in generated)
     for name in orphans:
         print(f"{args.out / name}: no generator in dashboards/src/hiw_dashboards", file=sys.stderr)
     if args.check:
