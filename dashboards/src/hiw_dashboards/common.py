@@ -159,6 +159,12 @@ LATENCY_SLA = steps("green", (0.1, "red"))
 BACKUP_AGE = steps("green", (86400, "orange"), (172800, "red"))
 # The review's score: orange below 8.5 (the review's own), red below 7 (HiwHealthScoreLow).
 HEALTH_SCORE = steps("red", (7, "orange"), (8.5, "green"))
+# Alert thresholds of alerts/hiw_monitor.rules.yml that panels draw or colour by.
+GIB = 1024**3
+CONNECTIONS_HIGH = steps("green", (0.8, "red"))  # HiwConnectionsHigh: 80 % of max_connections
+IDLE_IN_TRANSACTION_LONG = steps("green", (300, "orange"))  # HiwIdleInTransactionLong: 5 min
+REPLICATION_LAG_SECONDS = steps("green", (300, "red"))  # HiwReplicationLagSecondsHigh: 5 min
+WAL_RETAINED_HIGH = steps("green", (GIB, "red"))  # HiwReplicationLagBytesHigh, ...SlotInactive
 
 
 Mapping: TypeAlias = tuple[str, str, str | None]  # value, text, colour (None: no colour)
@@ -756,12 +762,12 @@ class DatasourceVariable(sdk_dashboard.DatasourceVariable):
 
 
 def datasource_variable() -> DatasourceVariable:
-    """``datasource``: any Prometheus data source, the default one preselected."""
+    """``datasource``: any Prometheus data source; with no ``current`` value Grafana
+    preselects the default one."""
     return (
         DatasourceVariable(DATASOURCE_VARIABLE)
         .label("Data source")
         .type("prometheus")
-        .current(dm.VariableOption())
         .multi(False)
         .include_all(False)
         .options([])

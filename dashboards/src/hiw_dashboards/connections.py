@@ -7,6 +7,8 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import common as cm
 
 from hiw_dashboards.common import (
+    CONNECTIONS_HIGH,
+    IDLE_IN_TRANSACTION_LONG,
     Row,
     Spec,
     gauge,
@@ -40,7 +42,7 @@ ROWS = [
                 [
                     q('hiw_connections_utilization_ratio{target=~"$target"}'),
                 ],
-                thresholds=steps("green", (0.8, "red")),
+                thresholds=CONNECTIONS_HIGH,
             ),
             stat(
                 "max_connections",
@@ -78,7 +80,7 @@ ROWS = [
                     q('hiw_oldest_idle_in_transaction_age_seconds{target=~"$target"}'),
                 ],
                 unit="s",
-                thresholds=steps("green", (300, "orange")),
+                thresholds=IDLE_IN_TRANSACTION_LONG,
             ),
             stat(
                 "Sessions waiting on locks",
@@ -181,7 +183,7 @@ ROWS = [
                     ),
                 ],
                 unit="s",
-                thresholds=steps("green", (300, "orange")),
+                thresholds=IDLE_IN_TRANSACTION_LONG,
                 dashed_thresholds=True,
             ),
             timeseries(

@@ -9,6 +9,7 @@ from grafana_foundation_sdk.models import common as cm
 from hiw_dashboards.common import (
     ANY_IS_BAD,
     BACKUP_AGE,
+    CONNECTIONS_HIGH,
     GREEN,
     HEALTH_SCORE,
     LATENCY_SLA,
@@ -107,7 +108,7 @@ PANELS = [
         [
             q('hiw_connections_utilization_ratio{target=~"$target"}'),
         ],
-        thresholds=steps("green", (0.8, "red")),
+        thresholds=CONNECTIONS_HIGH,
     ),
     stat(
         "Backups not healthy",
@@ -166,7 +167,7 @@ PANELS = [
             q('hiw_connections_utilization_ratio{target=~"$target"}'),
         ],
         unit="percentunit",
-        thresholds=steps("green", (0.8, "red")),
+        thresholds=CONNECTIONS_HIGH,
         dashed_thresholds=True,
         max=1,
         w=8,
