@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,9 @@ def test_committed_json_is_the_generated_json(name, generated):
     assert path.exists(), f"dashboards/{name} is missing: run {REGENERATE}"
     assert path.read_text(encoding="utf-8") == generated[name], (
         f"dashboards/{name} differs from what dashboards/src/hiw_dashboards generates: edit the "
-        f"Python, not the JSON, then run {REGENERATE}")
+        f"Python, not the JSON, then run {REGENERATE} (grafana-foundation-sdk "
+        f"{version('grafana-foundation-sdk')} is installed; the files were generated with "
+        f"{c.SDK_VERSION})")
 
 
 def test_every_dashboard_file_has_a_generator():

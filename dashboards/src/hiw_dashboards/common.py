@@ -44,6 +44,9 @@ TARGET_VARIABLE = "target"
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${" + DATASOURCE_VARIABLE + "}")
 TARGET = '{target=~"$target"}'  # the matcher every selector carries (see tests)
 TAG = "hiw-monitor"
+# The grafana-foundation-sdk release the committed JSON was generated with: another release
+# may write other defaults, and then the files need regenerating (and the diff a review).
+SDK_VERSION = "1769699998!10.1.0"
 SCHEMA_VERSION = 39  # Grafana 10.4 / 11; the SDK's model defaults to 36
 GRID_COLUMNS = 24
 
