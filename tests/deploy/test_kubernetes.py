@@ -22,6 +22,7 @@ skipping it.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import importlib.util
@@ -39,6 +40,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
@@ -173,6 +175,15 @@ def test_every_source_manifest_is_in_a_build():
 
 
 # --- schemas --------------------------------------------------------------------------
+
+
+def test_kubernetes_validate_ships_the_pinned_versions():
+    shipped = kubernetes_validate.utils.all_versions()
+    for version in KUBERNETES_VERSIONS:
+        assert version in shipped, (
+            f"kubernetes-validate {kubernetes_validate.__version__} has no {version} "
+            f"schemas (it ships {shipped[0]} to {shipped[-1]}): change KUBERNETES_VERSIONS "
+            "and the versions deploy/kubernetes/README.md claims")
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -736,6 +747,32 @@ def test_readme_paths_exist_and_commands_name_the_overlays():
     for overlay_name in OVERLAYS:
         assert f"kubectl apply -k deploy/kubernetes/overlays/{overlay_name}" in text
     assert f"kubectl -n monitoring create secret generic {SECRET['name']}" in text
+
+
+def test_readme_secret_command_makes_the_secret_the_pods_read():
+    """The README's `kubectl create secret` line, run with --dry-run=client: the Secret it
+    makes has the name, namespace and key the pods' secretKeyRef names, and the password
+    as given (no newline added)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if IN_CI:
+            pytest.fail("kubectl not found")
+        pytest.skip("kubectl not found")
+    lines = [line.strip() for line in (K8S / "README.md").read_text().splitlines()
+             if "create secret generic" in line]
+    assert len(lines) == 1, lines
+    (command,) = lines
+    done = subprocess.run(
+        ["bash", "-c", f"{command} --dry-run=client -o json"], capture_output=True,
+        text=True, timeout=60, check=False,
+        env={"PATH": f"{Path(kubectl).parent}:/usr/bin:/bin", "HOME": "/nonexistent",
+             PASSWORD_ENV: "test-only value"})
+    assert done.returncode == 0, done.stderr
+    secret = json.loads(done.stdout)
+    assert secret["kind"] == "Secret"
+    assert secret["metadata"]["name"] == SECRET["name"]
+    assert secret["metadata"]["namespace"] == workload(build("single"))["metadata"]["namespace"]
+    assert base64.b64decode(secret["data"][SECRET["key"]]) == b"test-only value"
 
 
 def _readme_example(marker: str) -> str:
