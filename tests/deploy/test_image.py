@@ -216,8 +216,12 @@ def _clean_context(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_image(tmp_path_factory)
+
+
+def build_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The image's ID, built from HEAD on the debootstrapped base (layers cached by podman:
-    an unchanged tree rebuilds in seconds)."""
+    an unchanged tree rebuilds in seconds). test_compose.py builds it the same way."""
     if os.geteuid() != 0:
         _missing("the image test needs root (debootstrap, rootful podman)")
     _require("podman", "podman")
