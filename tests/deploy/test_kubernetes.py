@@ -646,6 +646,98 @@ def test_agent_config_passes_validate_config(overlay, tmp_path):
         assert "6 target(s)" in done.stdout, done.stdout
 
 
+def _pod_env(container: dict[str, Any], pod_name: str) -> dict[str, str]:
+    """The container's environment as the kubelet would set it for pod ``pod_name``
+    (secrets: a stand-in value; $(VAR) expanded from the entries before)."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], item["value"])
+        elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[item["name"]] = pod_name
+        else:
+            env[item["name"]] = "stand-in for the Secret"
+    return env
+
+
+def _on_loopback(root: Path) -> dict[str, str]:
+    """The laid-out config and target files with every database host replaced by a closed
+    port on 127.0.0.1 (the test's agent connects to nothing outside this machine); the
+    original host of each new address."""
+    renamed: dict[str, str] = {}
+    hosts = re.compile(r"[\w.-]+\.svc\.cluster\.local:5432")
+    for path in sorted(root.rglob("*.yaml")):
+        text = path.read_text()
+        for host in sorted(set(hosts.findall(text))):
+            address = f"127.0.0.1:{len(renamed) + 1}"
+            renamed[address] = host
+            text = text.replace(host, address)
+        path.write_text(text)
+    return renamed
+
+
+def _metrics_of_the_pod(tmp_path: Path, docs: list[dict[str, Any]], ordinal: int) -> str:
+    """Start the agent as the workload's container would be started in pod ORDINAL (its
+    args, its env, its config laid out as mounted; on a free loopback port) and return
+    its /metrics once /healthz says it runs."""
+    from hiw_monitor.demo.cluster import free_port
+
+    config = _config_layout(docs, tmp_path / "etc")
+    _on_loopback(tmp_path / "etc")
+    work = workload(docs)
+    (container,) = work["spec"]["template"]["spec"]["containers"]
+    env = _pod_env(container, f"{work['metadata']['name']}-{ordinal}")
+    port = free_port()
+    env[ENV_LISTEN] = f"127.0.0.1:{port}"
+    args = [str(config) if arg == f"{CONFIG_DIR}/{config.name}" else arg
+            for arg in container["args"]]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hiw_monitor", *args], env={"PATH": "/usr/bin:/bin", **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                if _get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
+                    metrics = _get(f"http://127.0.0.1:{port}/metrics")[1]
+                    if "hiw_target_info{" in metrics:
+                        return metrics
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("the agent did not serve its targets' info within 60 s")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_deployment_pod_starts_the_agent_on_its_target(tmp_path):
+    metrics = _metrics_of_the_pod(tmp_path, build("single"), 0)
+    assert _watched(metrics) == ["hiw-primary"], metrics
+    assert "hiw_shard_targets" not in metrics
+
+
+def test_a_statefulset_pod_starts_the_agent_on_its_shard(tmp_path):
+    """Pod hiw-monitor-1's agent, started with that pod's env and mounts, is shard 1/3
+    and watches exactly the targets shard 1 owns."""
+    docs = build("sharded")
+    metrics = _metrics_of_the_pod(tmp_path, docs, 1)
+    owned = re.search(r'^hiw_shard_targets\{shard="1/3"\} (\S+)$', metrics, re.MULTILINE)
+    assert owned, metrics
+    fleet = (tmp_path / "etc" / "targets" / "fleet.yaml").read_text()
+    names = [t.name for t in parse_targets(fleet, "fleet.yaml", env={})]
+    expected = sorted(name for name in names if owner(name, 3) == 1)
+    assert float(owned[1]) == len(expected) >= 1
+    assert _watched(metrics) == expected
+
+
+def _watched(metrics: str) -> list[str]:
+    """The targets an agent watches: those of its hiw_target_info series."""
+    return sorted(set(re.findall(r'^hiw_target_info\{[^}]*\btarget="([^"]+)"', metrics,
+                                 re.MULTILINE)))
+
+
 def test_shard_index_and_count_come_from_the_pod_and_the_replicas():
     docs = build("sharded")
     stateful = one(docs, "StatefulSet")
