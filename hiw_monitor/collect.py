@@ -7,12 +7,13 @@ Every failure ends here as a recorded :class:`Reason`; nothing escapes to the sc
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from hiw_monitor import memory
 from hiw_monitor.collectors.base import (
@@ -25,6 +26,8 @@ from hiw_monitor.collectors.base import (
     SQLText,
     Step,
     families_series,
+    merge_databases,
+    with_datname,
 )
 from hiw_monitor.config import CollectorSettings
 from hiw_monitor.errors import Reason, ReasonedError, TargetUnavailable, classify
@@ -195,9 +198,143 @@ def _query(target: Target, collector: Collector, settings: CollectorSettings, st
     return rows, ctx
 
 
+def _attempt(target: Target, collector: Collector, settings: CollectorSettings, state: Any
+             ) -> tuple[list[Any], Reason | None]:
+    """One collection on one connection: the families, or why there are none. The caller
+    holds the target's lock."""
+    try:
+        rows, ctx = _query(target, collector, settings, state)
+        return list(collector.transform(rows, ctx)), None
+    except (psycopg.Error, ReasonedError, OSError) as exc:
+        error = classify(exc)
+        if error.code in REPLAN_ON and not isinstance(exc, Skipped):
+            target.plans.pop(collector.name, None)  # out of date? plan again
+            error = _explain(target, collector, settings, state) or error
+        return [], error
+    except Exception as exc:
+        log.exception("collector_bug", target=target.name, collector=collector.name)
+        return [], classify(exc)
+
+
+class DatabaseStates:
+    """The state of a per-database collector on one target: one per database, made by
+    the collector's ``new_state`` when a database is first collected, dropped with the
+    database. The DSN's own database is ``""`` (its name is known once connected)."""
+
+    def __init__(self, factory: Callable[[], Any] | None, main: Any = None) -> None:
+        self._factory = factory
+        self._by_db: dict[str, Any] = {"": main} if main is not None else {}
+
+    def get(self, datname: str) -> Any:
+        if datname not in self._by_db:
+            self._by_db[datname] = self._factory() if self._factory is not None else None
+        return self._by_db[datname]
+
+    def keep(self, datnames: Iterable[str]) -> None:
+        wanted = {"", *datnames}
+        for datname in [d for d in self._by_db if d not in wanted]:
+            del self._by_db[datname]
+
+    def __len__(self) -> int:
+        return len(self._by_db)
+
+
+# The databases a per-database collector may run in: templates and databases that refuse
+# connections are never walked.
+LIST_DATABASES = ("SELECT d.datname FROM pg_catalog.pg_database d "
+                  "WHERE d.datallowconn AND NOT d.datistemplate ORDER BY d.datname")
+_database_errors: dict[tuple[str, str, str], str] = {}  # (target, collector, db) -> code
+
+
+def _per_database(target: Target, collector: Collector, settings: CollectorSettings,
+                  states: DatabaseStates) -> tuple[list[Any], Reason | None]:
+    """A per-database collector's run: in the target's own database only (no
+    ``databases:``), or in each database of the instance its selection matches, one at a
+    time, each on a connection of its own opened for it and closed after it (the
+    target's own database on the target's connection). Every family gets ``datname``."""
+    selection = target.config.databases
+    if selection is None:
+        families, error = _attempt(target, collector, settings, states.get(""))
+        if error is not None or target.server is None:
+            return [], error
+        datname = target.server.database
+        return with_datname([*families, _success(target, collector, {datname: None})],
+                            datname), None
+    try:
+        with target.transaction(settings.timeout) as cur:
+            cur.execute(LIST_DATABASES)
+            names = [str(row["datname"]) for row in cur.fetchall()]
+    except (psycopg.Error, ReasonedError, OSError) as exc:
+        return [], classify(exc)
+    chosen = [name for name in names if selection.matches(name)]
+    if not chosen:
+        return [], Reason("no_databases", f"no database of the instance matches databases: "
+                          f"include {list(selection.include)}, exclude "
+                          f"{list(selection.exclude)} (found {len(names)}: templates and "
+                          "databases that refuse connections are never collected); fix the "
+                          "patterns")
+    main = target.server.database if target.server is not None else ""
+    bound = target.config.max_connections or target.settings.max_connections
+    results: list[tuple[str, list[Any]]] = []
+    errors: dict[str, Reason | None] = {}
+    for datname in sorted(chosen, key=lambda name: name != main):  # its own first
+        if datname == main:
+            families, error = _attempt(target, collector, settings, states.get(""))
+        else:
+            if bound < 2:  # the target's own connection is closed while this one is open
+                target.release()
+            other = target.database(datname)
+            try:
+                families, error = _attempt(other, collector, settings, states.get(datname))
+            finally:
+                other.release()  # opened only while its database is collected
+        errors[datname] = error
+        _log_database(target, collector, datname, error)
+        if error is None:
+            results.append((datname, with_datname(families, datname)))
+    target.forget_databases(chosen)
+    states.keep(chosen)
+    if not results:  # every database failed: the run failed (its own database's reason)
+        return [], errors.get(main) or next(e for e in errors.values() if e is not None)
+    merge = collector.merge or merge_databases
+    return [*merge(results), _success(target, collector, errors)], None
+
+
+def _success(target: Target, collector: Collector, errors: Mapping[str, Reason | None]
+             ) -> Metric:
+    family = GaugeMetricFamily(
+        "hiw_database_collection_success",
+        "1 if the per-database collector's last run succeeded in this database (the "
+        "reason of a failure is in the agent's log).",
+        labels=["target", "datname", "collector"])
+    for datname, error in errors.items():
+        family.add_metric([target.name, datname, collector.name], 0.0 if error else 1.0)
+    return family
+
+
+def _log_database(target: Target, collector: Collector, datname: str, error: Reason | None
+                  ) -> None:
+    """A database's failure when it starts or changes, and its recovery (not every run)."""
+    key = (target.name, collector.name, datname)
+    before = _database_errors.get(key)
+    if error is None:
+        if before is not None:
+            del _database_errors[key]
+            log.info("database_collection", target=target.name, collector=collector.name,
+                     datname=datname, error=None)
+        return
+    if before != error.code:
+        _database_errors[key] = error.code
+        log.warning("database_collection", target=target.name, collector=collector.name,
+                    datname=datname, reason=error.code, error=error.text)
+
+
 def run_collection(target: Target, collector: Collector, settings: CollectorSettings,
                    store: SnapshotStore, state: Any = None) -> Sample:
-    """Run one collector on one target and record the outcome. Never raises."""
+    """Run one collector on one target and record the outcome. Never raises.
+
+    A per-database collector's ``state`` is its :class:`DatabaseStates` (a plain state is
+    the DSN's database's)."""
     started = time.monotonic()
     error: Reason | None = None
     families: list[Any] = []
@@ -207,16 +344,12 @@ def run_collection(target: Target, collector: Collector, settings: CollectorSett
         error = Reason("busy", "another collection of this target is still running")
     else:
         try:
-            rows, ctx = _query(target, collector, settings, state)
-            families = list(collector.transform(rows, ctx))
-        except (psycopg.Error, ReasonedError, OSError) as exc:
-            error = classify(exc)
-            if error.code in REPLAN_ON and not isinstance(exc, Skipped):
-                target.plans.pop(collector.name, None)  # out of date? plan again
-                error = _explain(target, collector, settings, state) or error
-        except Exception as exc:
-            error = classify(exc)
-            log.exception("collector_bug", target=target.name, collector=collector.name)
+            if collector.per_database:
+                states = state if isinstance(state, DatabaseStates) else \
+                    DatabaseStates(collector.new_state, state)
+                families, error = _per_database(target, collector, settings, states)
+            else:
+                families, error = _attempt(target, collector, settings, state)
         finally:
             target.lock.release()
     memory.trim()  # hand the collection's freed memory back (rate-limited, glibc only)
@@ -233,7 +366,8 @@ def run_collection(target: Target, collector: Collector, settings: CollectorSett
     else:
         # served only once the last good families are stale (Sample.served)
         fallback: list[Any] = []
-        if collector.on_failure is not None and state is not None:
+        if collector.on_failure is not None and state is not None \
+                and not collector.per_database:
             try:
                 fallback = list(collector.on_failure(target.name, state, settings.options,
                                                      error.code))

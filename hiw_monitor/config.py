@@ -7,6 +7,7 @@ a frozen :class:`Config`. Nothing here connects to a database.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import os
 import re
@@ -63,6 +64,26 @@ _PGBOUNCER_REFUSED = ("options", "replication")
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseSelection:
+    """Which databases of an instance the per-database collectors run in (``databases:``):
+    those whose name matches an ``include`` pattern and no ``exclude`` pattern (shell-style
+    globs, case-sensitive). Templates and databases that refuse connections
+    (``datallowconn = false``) are never selected.
+
+    >>> s = DatabaseSelection(include=("*",), exclude=("postgres", "*_test"))
+    >>> [s.matches(n) for n in ("heroes_in_waiting", "postgres", "hiw_test")]
+    [True, False, False]
+    """
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+    def matches(self, datname: str) -> bool:
+        return (any(fnmatch.fnmatchcase(datname, p) for p in self.include)
+                and not any(fnmatch.fnmatchcase(datname, p) for p in self.exclude))
+
+
+@dataclass(frozen=True, slots=True)
 class TargetConfig:
     """One database to watch. ``conninfo`` never holds the password, but may hold other
     secret parameters (sslpassword, ...): it is printed only through :func:`redact`."""
@@ -76,6 +97,15 @@ class TargetConfig:
     # (name, value) of the target's other labels: those of hiw_target_info only, never of
     # its series; not connection parameters (a change of labels does not reconnect)
     labels: tuple[tuple[str, str], ...] = ()
+    # the databases the per-database collectors run in; None: only the DSN's database
+    # (unless the config's top-level ``databases:`` applies; see Agent)
+    databases: DatabaseSelection | None = None
+    max_connections: int | None = None  # to this instance at once; None: the config's
+
+    def for_database(self, datname: str) -> TargetConfig:
+        """The same target connecting to database ``datname`` of the instance."""
+        return replace(self, conninfo=make_conninfo(self.conninfo, dbname=datname),
+                       databases=None)
 
     def connection(self) -> TargetConfig:
         """This target without its labels: two targets whose connection() are equal
@@ -99,6 +129,10 @@ class ConnectionSettings:
     lock_timeout: float = 1.0
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    # connections to one instance at once (a target may set its own max_connections):
+    # its own, and one to the database a per-database collector is in (1: the target's
+    # own connection is closed while the other databases are collected)
+    max_connections: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +169,8 @@ class Config:
     custom: Mapping[str, Collector] = field(default_factory=lambda: MappingProxyType({}))
     file_sd: FileSD | None = None  # targets from files, besides ``targets``
     shard: Shard | None = None  # watch only the targets this shard owns (None: all)
+    # the databases: of every target that does not set its own (None: the DSN's only)
+    databases: DatabaseSelection | None = None
 
     @property
     def enabled_collectors(self) -> tuple[CollectorSettings, ...]:
@@ -281,13 +317,18 @@ _TOP_KEYS = {
     "custom_collectors_dir": "a directory of *.yaml files of user-defined SQL collectors",
     "file_sd": "targets from files: files (globs) and refresh_interval",
     "shard": "INDEX/COUNT: watch only the targets this shard owns",
+    "databases": "default databases: (include/exclude globs) of every target, discovered "
+                 "ones too",
 }
 _CONNECTION_KEYS = {
     "connect_timeout": "", "statement_timeout": "", "lock_timeout": "",
-    "backoff_initial": "", "backoff_max": "",
+    "backoff_initial": "", "backoff_max": "", "max_connections": "",
 }
 _TARGET_KEYS = dict.fromkeys(("name", "type", "dsn", *_TARGET_PARAMS, "password_env",
-                              "password_file", "labels"), "")
+                              "password_file", "labels", "databases", "max_connections"), "")
+_DATABASES_KEYS = {"include": "", "exclude": ""}
+_DATABASES_FIX = ("write databases: {include: [\"*\"], exclude: [postgres]} (shell-style "
+                  "patterns of database names), or a list of patterns to include")
 _FILE_SD_KEYS = {"files": "", "refresh_interval": ""}
 # a label name (Prometheus rules); names starting with __ are Prometheus' own
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -400,6 +441,13 @@ def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetC
     else:
         name = default_target_name(params, env)
     labels = _info_labels(entry["labels"], f"{path}.labels", walk) if "labels" in entry else ()
+    databases = (_databases(entry["databases"], f"{path}.databases", walk)
+                 if "databases" in entry else None)
+    max_connections = (_max_connections(entry["max_connections"], f"{path}.max_connections",
+                                        walk) if "max_connections" in entry else None)
+    if kind == PGBOUNCER and databases is not None:
+        walk.fail(f"{path}.databases", "a pgbouncer target has no databases to walk",
+                  "drop databases: from the pgbouncer target")
     if name is None or labels is None:
         return None
     try:
@@ -416,7 +464,41 @@ def _target(raw: Any, path: str, walk: _Walk, env: Mapping[str, str]) -> TargetC
         password_file=entry.get("password_file"),
         kind=kind,
         labels=labels,
+        databases=databases,
+        max_connections=max_connections,
     )
+
+
+def _databases(raw: Any, path: str, walk: _Walk) -> DatabaseSelection | None:
+    """``databases:``: a mapping of include/exclude pattern lists, or a list (include)."""
+    entry = {"include": raw} if isinstance(raw, list | str) else raw
+    if not isinstance(entry, dict):
+        walk.fail(path, f"expected a mapping, got {_kind(raw)}", _DATABASES_FIX)
+        return None
+    entry = walk.mapping(entry, path, _DATABASES_KEYS)
+    found: dict[str, tuple[str, ...]] = {}
+    for key in ("include", "exclude"):
+        value = entry.get(key, ["*"] if key == "include" else [])
+        items = [value] if isinstance(value, str) else value
+        where = path if key == "include" and not isinstance(raw, dict) else f"{path}.{key}"
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            walk.fail(where, f"expected a list of database name patterns, got {_kind(value)}",
+                      _DATABASES_FIX)
+            return None
+        found[key] = tuple(items)
+    if not found["include"]:
+        walk.fail(f"{path}.include", "is empty: no database would be collected",
+                  "include at least one pattern, e.g. \"*\"")
+        return None
+    return DatabaseSelection(include=found["include"], exclude=found["exclude"])
+
+
+def _max_connections(raw: Any, path: str, walk: _Walk) -> int | None:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        walk.fail(path, f"expected a whole number of at least 1, got {raw!r}",
+                  "write e.g. 2 (the target's own connection and one per-database one)")
+        return None
+    return raw
 
 
 def info_label(name: Any, value: Any) -> tuple[str, str] | str:
@@ -561,7 +643,8 @@ def _collectors(
 
 _CUSTOM_KEYS = dict.fromkeys((
     "name", "help", "sql", "interval", "timeout", "stale_after", "enabled", "primary_only",
-    "standby_only", "extension", "table", "metric_prefix", "max_series", "columns"), "")
+    "standby_only", "extension", "table", "metric_prefix", "max_series", "columns",
+    "per_database"), "")
 _VARIANT_KEYS = {"min_version": "", "max_version": "", "sql": ""}
 _COLUMN_KEYS = {"usage": "", "help": "", "unit": ""}
 _USAGE_FIX = "use one of: label, gauge, counter, ignore"
@@ -783,6 +866,10 @@ def _declaration(raw: Any, path: str, key: Any, walk: _Walk) -> custom.Declarati
     if primary_only and standby_only:
         walk.fail(f"{path}.standby_only", "primary_only and standby_only are both true",
                   "keep one of them: no server is both")
+    per_database = _flag(entry, "per_database", path, walk)
+    if per_database and any(c.name == "datname" and c.usage == "label" for c in columns):
+        walk.fail(f"{path}.columns.datname", "a per_database collector labels its series "
+                  "with datname itself", "drop the datname column or rename it")
     extensions = _names(entry, "extension", path, walk, custom.EXTENSION_NAME,
                         "an extension name")
     tables = _names(entry, "table", path, walk, custom.TABLE_NAME,
@@ -805,7 +892,7 @@ def _declaration(raw: Any, path: str, key: Any, walk: _Walk) -> custom.Declarati
         name=name, sql=sql, columns=columns, help=help_text, interval=interval,
         timeout=timeout, stale_after=stale_after, enabled=bool(enabled), metric_prefix=prefix,
         max_series=max_series, primary_only=primary_only, standby_only=standby_only,
-        extensions=extensions, tables=tables)
+        extensions=extensions, tables=tables, per_database=per_database)
 
 
 def _custom_collectors(top: Mapping[str, Any], walk: _Walk, known: Mapping[str, Collector],
@@ -949,6 +1036,8 @@ def load(
                   f"give --dsn, set {ENV_DSN}, or list targets (or file_sd) in the config "
                   "file")
     shard = _shard(flags, env, top, walk)
+    databases = _databases(top["databases"], "databases", walk) \
+        if top.get("databases") is not None else None
 
     # listen
     listen_text = flags.listen or env.get(ENV_LISTEN) or top.get("listen", DEFAULT_LISTEN)
@@ -965,9 +1054,13 @@ def load(
     # connection
     conn_raw = walk.mapping(top.get("connection"), "connection", _CONNECTION_KEYS)
     defaults = ConnectionSettings()
-    conn_values = {
+    conn_values: dict[str, Any] = {
         key: walk.duration(value, f"connection.{key}", 0.001) for key, value in conn_raw.items()
+        if key != "max_connections"
     }
+    if "max_connections" in conn_raw:
+        conn_values["max_connections"] = _max_connections(
+            conn_raw["max_connections"], "connection.max_connections", walk)
     connection = ConnectionSettings(**{
         key: value if value is not None else getattr(defaults, key)
         for key, value in {**dict.fromkeys(_CONNECTION_KEYS), **conn_values}.items()
@@ -1028,6 +1121,7 @@ def load(
         custom=MappingProxyType({decl.name: custom.build(decl) for decl in declarations}),
         file_sd=file_sd,
         shard=shard,
+        databases=databases,
     )
 
 

@@ -22,6 +22,7 @@ With a ``shard``, the agent watches only the targets its shard owns (hiw_monitor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -38,7 +39,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from hiw_monitor import discovery
-from hiw_monitor.collect import run_collection
+from hiw_monitor.collect import DatabaseStates, run_collection
 from hiw_monitor.collectors import PGBOUNCER_NAMES, with_custom
 from hiw_monitor.config import PGBOUNCER, CollectorSettings, Config, TargetConfig
 from hiw_monitor.health import Health
@@ -116,6 +117,10 @@ class Agent:
         read again), those this agent's shard owns."""
         found = [*self.config.targets,
                  *(self.discovery.scan(force) if self.discovery is not None else ())]
+        default = self.config.databases  # the top-level databases: of those without one
+        if default is not None:
+            found = [t if t.databases is not None or t.kind == PGBOUNCER
+                     else dataclasses.replace(t, databases=default) for t in found]
         shard = self.config.shard
         owned = found if shard is None else [t for t in found if shard.owns(t.name)]
         if shard is not None and len(owned) != self._owned:
@@ -154,9 +159,12 @@ class Agent:
                 continue
             target = Target(config, self.config.connection)
             for settings in self.collectors_of(target):
-                new_state = self.collectors[settings.name].new_state
-                if new_state is not None:
-                    self.states[(target.name, settings.name)] = new_state()
+                collector = self.collectors[settings.name]
+                if collector.per_database:  # one state per database, made when collected
+                    self.states[(target.name, settings.name)] = DatabaseStates(
+                        collector.new_state)
+                elif collector.new_state is not None:
+                    self.states[(target.name, settings.name)] = collector.new_state()
             if target.name in self._retiring:
                 self._pending[target.name] = target  # registered once the old one is closed
             else:

@@ -23,7 +23,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self
 
 import psycopg
@@ -52,6 +52,7 @@ _SERVER_INFO_SQL = """
 SELECT current_setting('server_version_num')::int AS version_num,
        current_setting('server_version') AS version,
        pg_catalog.pg_is_in_recovery() AS in_recovery,
+       pg_catalog.current_database() AS database,
        coalesce((SELECT pg_catalog.json_object_agg(extname, extversion)
                  FROM pg_catalog.pg_extension), '{}') AS extensions
 """
@@ -242,6 +243,32 @@ class Target:
         self.generation = 0
         # collector name -> its plan for this connection (collect.py fills and reads it)
         self.plans: dict[str, Any] = {}
+        # datname -> the target of another database of this instance, for per-database
+        # collectors (hiw_monitor/databases.py): the same policy, its own connection,
+        # opened only while that database is collected
+        self.databases: dict[str, Target] = {}
+
+    def database(self, datname: str) -> Target:
+        """The target of database ``datname`` of this instance (same name, settings,
+        password, connection policy; its own connection and backoff), made once."""
+        known = self.databases.get(datname)
+        if known is None:
+            known = Target(self.config.for_database(datname), self.settings)
+            self.databases[datname] = known
+        return known
+
+    def connections_open(self) -> int:
+        """How many connections to this instance the agent holds now: its own and those
+        of its databases' targets (for tests and the benchmark)."""
+        conn = self._conn
+        own = 1 if conn is not None and not conn.closed else 0
+        return own + sum(other.connections_open() for other in list(self.databases.values()))
+
+    def forget_databases(self, keep: Iterable[str]) -> None:
+        """Close and drop the targets of databases not in ``keep`` (dropped, excluded)."""
+        wanted = set(keep)
+        for datname in [d for d in self.databases if d not in wanted]:
+            self.databases.pop(datname).close()
 
     # --- connecting ---------------------------------------------------------------------
 
@@ -328,6 +355,7 @@ class Target:
             version=str(row["version"]).split()[0],
             in_recovery=bool(row["in_recovery"]),
             extensions=dict(row["extensions"]),
+            database=str(row["database"]),
         )
 
     def _explain_connect(self, exc: BaseException) -> BaseException:
@@ -516,8 +544,18 @@ class Target:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.cancel_safe(timeout=2.0)
+        for other in list(self.databases.values()):
+            other.cancel()
+
+    def release(self) -> None:
+        """Close the connection (and stop the watchdog's thread) without marking the
+        target down: a database's target between its collections."""
+        self._drop()
+        self._watchdog.close()
 
     def close(self) -> None:
         self._drop()
         self._watchdog.close()
         self.up = False
+        for other in list(self.databases.values()):
+            other.close()

@@ -8,6 +8,7 @@ hands the rows and a :class:`Context` to ``transform``.
 from __future__ import annotations
 
 import bisect
+import copy as copy_module
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -65,6 +66,7 @@ class ServerInfo:
     version: str  # human form, e.g. "15.7"
     in_recovery: bool
     extensions: Mapping[str, str] = field(default_factory=dict)  # name -> installed version
+    database: str = ""  # current_database() of the connection ("" for PgBouncer)
 
     @property
     def major(self) -> int:
@@ -114,6 +116,10 @@ OnFailure = Callable[[str, Any, Mapping[str, Any], str], Iterable[Metric]]
 # A custom query step for tests and tools only (no built-in collector uses it): (cursor,
 # context) -> rows per query name, replacing the declared queries.
 Fetch = Callable[[Any, Context], Mapping[str, Rows]]
+
+
+# [(datname, families of that database)] -> the run's families
+Merge = Callable[[Sequence[tuple[str, Sequence[Metric]]]], list[Metric]]
 
 
 # --- declared queries ---------------------------------------------------------------------
@@ -234,6 +240,14 @@ class Collector:
     # Families served instead of the last good ones once those are stale while runs fail: how
     # the backups collector keeps reporting known backups as "unknown" when it goes blind.
     on_failure: OnFailure | None = None
+    # True: the collector looks at one database's tables (vacuum, indexes, bloat, the
+    # review's catalog checks): it runs in each database of the instance its target
+    # selects (``databases:``), and its series carry ``datname``. False: instance-wide,
+    # once per target (hiw_monitor/databases.py).
+    per_database: bool = False
+    # How the families of several databases become the run's result (default:
+    # :func:`merge_databases`); the review's also merges its findings.
+    merge: Merge | None = None
 
     def declared(self) -> dict[str, Query]:
         return {name: q if isinstance(q, Query) else Query(q)
@@ -282,6 +296,43 @@ def number(value: Any) -> float:
     if value is None:
         return float("nan")
     return float(value)
+
+
+def with_datname(families: Iterable[Metric], datname: str) -> list[Metric]:
+    """Copies of ``families`` whose samples carry ``datname`` (right after ``target``);
+    a sample that already has one keeps it. The family's class and attributes stay (the
+    review's findings ride on its family).
+
+    >>> f = gauge("hiw_x", "x.", ["table"]); f.add_metric(["t1", "public.a"], 1.0)
+    >>> [s.labels for s in with_datname([f], "app")[0].samples]
+    [{'target': 't1', 'datname': 'app', 'table': 'public.a'}]
+    """
+    out: list[Metric] = []
+    for family in families:
+        copy = copy_module.copy(family)
+        copy.samples = [
+            s if "datname" in s.labels else s._replace(labels={
+                **({"target": s.labels["target"]} if "target" in s.labels else {}),
+                "datname": datname,
+                **{k: v for k, v in s.labels.items() if k != "target"}})
+            for s in family.samples]
+        out.append(copy)
+    return out
+
+
+def merge_databases(results: Sequence[tuple[str, Sequence[Metric]]]) -> list[Metric]:
+    """The families of several databases as one result: one family per name (the first
+    database's, in order), its samples those of every database in turn."""
+    merged: dict[str, Metric] = {}
+    for _datname, families in results:
+        for family in families:
+            known = merged.get(family.name)
+            if known is None:
+                known = merged[family.name] = copy_module.copy(family)
+                known.samples = list(family.samples)
+            else:
+                known.samples.extend(family.samples)
+    return list(merged.values())
 
 
 def families_series(families: Iterable[Metric]) -> int:

@@ -726,6 +726,7 @@ def _exact_families(t: str, exact_status: str, state: BloatState, exact: Rows,
 
 COLLECTOR = Collector(
     name="bloat",
+    per_database=True,
     help="table and B-tree index bloat estimated from the catalog and pg_stats; optional "
          "exact mode with pgstattuple",
     interval=900.0,

@@ -127,6 +127,8 @@ class Declaration:
     standby_only: bool = False
     extensions: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
+    # run in each database the target selects (databases:), series labelled datname
+    per_database: bool = False
 
     @property
     def prefix(self) -> str:
@@ -514,4 +516,5 @@ def build(decl: Declaration) -> Collector:
         transform=functools.partial(_transform, decl),
         plan=PlanStep({"facts": facts}, functools.partial(_decide, decl)),
         new_state=Drops,
+        per_database=decl.per_database,
     )

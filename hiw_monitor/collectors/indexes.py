@@ -372,6 +372,7 @@ def _expected(t: str, rows: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
 
 COLLECTOR = Collector(
     name="indexes",
+    per_database=True,
     help="unused, invalid and duplicate indexes, heavy sequential scans, expected indexes",
     interval=300.0,
     timeout=15.0,

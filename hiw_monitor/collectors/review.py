@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,6 +33,7 @@ from hiw_monitor.collectors.base import (
     Step,
     VersionedSQL,
     gauge,
+    merge_databases,
 )
 from hiw_monitor.review.checks import BY_ID, CHECKS, SQL_CHECKS
 from hiw_monitor.review.model import STATUSES, Finding, Status, finding
@@ -894,8 +895,37 @@ def transform(rows: Mapping[str, Rows], ctx: Context) -> Iterator[Metric]:
                  m.get("growth_per_day"))
 
 
+_RANK = {"unknown": 0, "pass": 1, "warn": 2, "fail": 3}
+
+
+def merge(results: Sequence[tuple[str, Sequence[Metric]]]) -> list[Metric]:
+    """The review of several databases: the families merged (each database's series with
+    its ``datname``), and one finding per check for the score, the worst of the
+    databases' (a check the app's tables decide passes where they are and is unknown
+    elsewhere), its reason naming the database when there are several."""
+    merged = merge_databases(results)
+    per_db = [(datname, f.findings) for datname, families in results for f in families
+              if isinstance(f, FindingsFamily)]
+    worst: dict[str, tuple[str, Finding]] = {}
+    for datname, findings in per_db:
+        for found in findings:
+            known = worst.get(found.check.id)
+            if known is None or _RANK[found.status] > _RANK[known[1].status]:
+                worst[found.check.id] = (datname, found)
+    several = len(per_db) > 1
+    chosen = tuple(
+        replace(found, reason=f"in database {datname}: {found.reason}") if several else found
+        for datname, found in worst.values())
+    for family in merged:
+        if isinstance(family, FindingsFamily):
+            family.findings = chosen
+    return merged
+
+
 COLLECTOR = Collector(
     name="review",
+    per_database=True,
+    merge=merge,
     help="the DBA review's catalog checks: RLS, PII column names, retention, audit log, SSL, "
          "SCRAM, the password trigger, superuser sessions, the analytics view, the job "
          "queue, statistics, data growth",

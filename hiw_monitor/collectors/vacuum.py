@@ -281,6 +281,7 @@ def _progress(t: str, rows: Rows) -> Iterator[Metric]:
 
 COLLECTOR = Collector(
     name="vacuum",
+    per_database=True,
     help="pg_stat_user_tables, autovacuum thresholds, freeze ages, pg_stat_progress_vacuum",
     interval=60.0,
     timeout=10.0,

@@ -93,12 +93,14 @@ def db(pg: Server) -> Iterator[Database]:
 
 
 def series(sample, name: str) -> dict[tuple[str, ...], float]:
-    """{label values except target, in label order: value} of one metric."""
+    """{label values except target and datname, in label order: value} of one metric
+    (per-database collectors label every series with the database collected)."""
     out = {}
     for family in sample.families:
         for s in family.samples:
             if s.name == name:
-                out[tuple(v for k, v in s.labels.items() if k != "target")] = s.value
+                out[tuple(v for k, v in s.labels.items()
+                          if k not in ("target", "datname"))] = s.value
     return out
 
 
