@@ -867,6 +867,25 @@ def test_readme_secret_command_makes_the_secret_the_pods_read():
     assert base64.b64decode(secret["data"][SECRET["key"]]) == b"test-only value"
 
 
+def test_readme_image_step_points_the_overlay_at_your_registry(tmp_path):
+    """Step 1's `cat >> .../kustomization.yaml` block, run on a copy: the overlay then
+    pulls the image from the registry it names, with the version's tag."""
+    text = (K8S / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"^( *)```sh\n(.*?)^\1```", text,
+                                      re.MULTILINE | re.DOTALL) if "cat >>" in b[1]]
+    indent, body = block
+    script = "\n".join(line.removeprefix(indent) for line in body.splitlines()) + "\n"
+    shutil.copytree(K8S, tmp_path / "deploy" / "kubernetes",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run(["bash", "-euc", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    overlay_dir = tmp_path / "deploy" / "kubernetes" / "overlays" / "single"
+    docs = [d for d in yaml.safe_load_all(_build_text(overlay_dir)) if d]
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"registry.example.com/hiw-monitor:{__version__}"
+
+
 def _readme_example(marker: str) -> str:
     """The fenced YAML block of deploy/kubernetes/README.md whose first line is ``marker``."""
     text = (K8S / "README.md").read_text()
