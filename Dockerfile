@@ -25,6 +25,8 @@ ARG BASE_IMAGE=python:3.12-slim
 
 # --- build: the agent's wheel, installed with its dependencies into a venv ---------------
 FROM ${BASE_IMAGE} AS build
+LABEL org.opencontainers.image.title="hiw-monitor (build stage)" \
+      org.opencontainers.image.vendor="Heroes in Waiting"
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST

@@ -319,7 +319,15 @@ def test_pgbouncer_image_is_watched_by_the_agent_image(image, pg, tmp_path):
     agent's image watches its console as in the stack. Both on the host network on
     127.0.0.1 and free ports (the test's ini replaces only the addresses)."""
     from conftest import MONITOR_PASSWORD
-    from test_image import BUILD_TIMEOUT, PODMAN, _container, _logs, _run, base_image
+    from test_image import (
+        BUILD_TIMEOUT,
+        PODMAN,
+        _container,
+        _logs,
+        _run,
+        base_image,
+        prune_old_builds,
+    )
 
     # the committed files, as for the agent's image
     archive = tmp_path / "pgbouncer.tar"
@@ -336,6 +344,7 @@ def test_pgbouncer_image_is_watched_by_the_agent_image(image, pg, tmp_path):
           "--tag", "localhost/hiw-monitor-pgbouncer:test", str(context)],
          timeout=BUILD_TIMEOUT)
     bouncer_image = iidfile.read_text().strip()
+    prune_old_builds()
     bouncer_port, agent_port = free_port(), free_port()
     ini = (COMPOSE_DIR / "pgbouncer" / "pgbouncer.ini").read_text()
     ini = ini.replace("host=postgres port=5432", f"host=127.0.0.1 port={pg.cluster.port}")

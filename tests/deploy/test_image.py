@@ -57,6 +57,7 @@ PODMAN = ("podman", "--cgroup-manager=cgroupfs")
 RUN = (*PODMAN, "run", "--runtime", "runc", "--ulimit", "nofile=1024:1024",
        "--ulimit", "nproc=4096:4096")
 AGENT_UID = 10001
+VENDOR_LABEL = "org.opencontainers.image.vendor=Heroes in Waiting"
 BUILD_TIMEOUT = 1500  # a cold run: debootstrap, then the build with its pip downloads
 pytestmark = [pytest.mark.integration]
 
@@ -241,7 +242,17 @@ def build_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     started = time.monotonic()
     _run([*command, str(context)], timeout=BUILD_TIMEOUT)
     print(f"image built in {time.monotonic() - started:.0f}s")  # shown with -s
+    prune_old_builds()
     return iidfile.read_text().strip()
+
+
+def prune_old_builds() -> None:
+    """Every build of a changed tree leaves the previous one's images behind, untagged
+    (podman keeps them as its layer cache): remove those older than a day, ours only (the
+    label both stages of the Dockerfile and the PgBouncer image set), so that a CI machine's
+    disk does not fill up while today's cache, and any parallel run's image, stay."""
+    _run([*PODMAN, "image", "prune", "--force", "--filter", "until=24h",
+          "--filter", f"label={VENDOR_LABEL}"], check=False, timeout=600)
 
 
 def _inspect(name: str, template: str) -> str:
