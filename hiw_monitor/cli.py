@@ -191,7 +191,8 @@ def serve_agent(config: Config, duration: float = 0.0, on_start: OnStart | None 
     agent = Agent(config)
     app = App(agent.store, Exposition(agent.store, derived=agent.health.families),
               alive=agent.alive, web=config.web, open_healthz=config.open_healthz,
-              health=agent.health)
+              health=agent.health,
+              fleet=config.file_sd is not None or config.shard is not None)
     server, thread = serve(app, *config.listen)  # bind first: a busy port fails fast
     stop = _stop_event()
     hangup = _reload_on_hangup(agent)

@@ -98,8 +98,12 @@ class App:
 
     def __init__(self, store: SnapshotStore, exposition: Exposition,
                  alive: Liveness | None = None, web: WebConfig | None = None,
-                 open_healthz: bool = True, health: Health | None = None) -> None:
+                 open_healthz: bool = True, health: Health | None = None,
+                 fleet: bool = False) -> None:
         self.store = store
+        # targets come from discovery files or a shard's share: none is a valid state
+        # (a shard that owns nothing yet), ready rather than waiting for ever
+        self.fleet = fleet
         self.exposition = exposition
         self.health = health
         self.alive = alive or (lambda: None)
@@ -206,12 +210,13 @@ class App:
         return [rendered.body]
 
     def readiness(self) -> str | None:
-        """None when every target has had at least one successful collection."""
+        """None when every target has had at least one successful collection (a fleet
+        with no target, e.g. a shard that owns none, is ready: it waits for nothing)."""
         _, targets, samples = self.store.view()
         waiting = sorted({s.target for s in samples} - {s.target for s in samples
                                                           if s.last_success_at is not None})
         if not targets:
-            return "no targets configured"
+            return None if self.fleet else "no targets configured"
         if waiting:
             return "not ready: no successful collection yet for " + ", ".join(waiting)
         return None

@@ -776,8 +776,8 @@ def test_changing_the_replicas_changes_the_shard_count(tmp_path):
 
 
 def test_every_shard_of_the_example_fleet_owns_a_target():
-    """A shard that owns no target is never ready (see the xfail test below), so the
-    example fleet gives each of the default shards at least one."""
+    """The example fleet gives each of the default shards at least one target (a shard
+    owning none is ready and idle: see the test below)."""
     docs = build("sharded")
     count = one(docs, "StatefulSet")["spec"]["replicas"]
     fleet = one(docs, "ConfigMap", "hiw-monitor-targets")["data"]
@@ -795,10 +795,6 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: /ready answers 503 'no targets configured' for a shard that owns none of the "
-    "fleet's targets (hiw_monitor/web.py readiness()), so such a StatefulSet pod is never "
-    "ready and a rolling update stops at it; a shard owning nothing has nothing to wait for"))
 def test_a_shard_that_owns_no_target_is_ready(tmp_path):
     from hiw_monitor.demo.cluster import free_port
 

@@ -150,6 +150,16 @@ def test_ready_needs_a_target():
     assert b"no targets" in response.body
 
 
+def test_a_fleet_with_no_target_is_ready():
+    """A shard that owns none of the discovered targets waits for nothing: ready (else a
+    StatefulSet rollout stops at it for good)."""
+    app, store = make_app()
+    app.fleet = True
+    assert call(app, "/ready").code == 200
+    store.register("t1", "host=t1", "conn", interval=10, stale_after=30)
+    assert call(app, "/ready").code == 503  # one target now: ready after its first run
+
+
 def test_ready_once_every_target_has_one_success():
     app, store = make_app()
     for target in ("t1", "t2"):
