@@ -166,6 +166,8 @@ def family_problem(family: Metric) -> str | None:
     >>> family_problem(bad)
     'sample hiw_x: label backup_name is NoneType, not str'
     """
+    if _plain(family, openmetrics_format=True):  # the common case, checked faster
+        return None
     for what, text in (("name", family.name), ("help", family.documentation),
                        ("unit", family.unit)):
         problem = _text_problem(what, text)
