@@ -262,7 +262,8 @@ def statement_count(sql: str) -> int:
     return count + content
 
 
-_SOURCES = ("exposition.py", "health.py", "discovery.py", "scheduler.py")  # self, health, fleet
+_SOURCES = ("exposition.py", "health.py", "discovery.py", "scheduler.py",  # self, health, fleet
+            "collect.py")  # per-database runs
 
 
 @functools.cache
