@@ -202,11 +202,11 @@ def _pip_settings() -> dict[str, str]:
     return args
 
 
-def _clean_context(dest: Path) -> Path:
-    """The committed tree (HEAD) only: what CI builds is what is in git."""
+def _clean_context(dest: Path, revision: str) -> Path:
+    """The committed tree (HEAD, as ``revision``) only: what CI builds is what is in git."""
     dest.mkdir()
     archive = dest.parent / "context.tar"
-    _run(["git", "-C", str(REPO), "archive", "--format=tar", f"--output={archive}", "HEAD"])
+    _run(["git", "-C", str(REPO), "archive", "--format=tar", f"--output={archive}", revision])
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
     archive.unlink()
@@ -220,17 +220,24 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_image(tmp_path_factory)
 
 
+_BUILT: dict[str, str] = {}  # HEAD's commit -> the image built from it in this session
+
+
 def build_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The image's ID, built from HEAD on the debootstrapped base (layers cached by podman:
-    an unchanged tree rebuilds in seconds). test_compose.py builds it the same way."""
+    """The image's ID, built from HEAD on the debootstrapped base, once per session and
+    commit (test_compose.py asks for it too; pytest may also set up a module fixture twice
+    when it groups tests by a session-scoped parameter). Podman's layer cache makes a
+    rebuild of an unchanged tree take seconds anyway."""
+    revision = _run(["git", "-C", str(REPO), "rev-parse", "HEAD"]).stdout.strip()
+    if revision in _BUILT and _image_exists(_BUILT[revision]):
+        return _BUILT[revision]
     if os.geteuid() != 0:
         _missing("the image test needs root (debootstrap, rootful podman)")
     _require("podman", "podman")
     _require("runc", "runc")
     base = base_image()
-    context = _clean_context(tmp_path_factory.mktemp("image") / "context")
+    context = _clean_context(tmp_path_factory.mktemp("image") / "context", revision)
     iidfile = context.parent / "iid"
-    revision = _run(["git", "-C", str(REPO), "rev-parse", "HEAD"]).stdout.strip()
     args = {"BASE_IMAGE": base, "VERSION": __version__, "REVISION": revision,
             **_pip_settings()}
     command = [*PODMAN, "build", "--isolation=chroot", "--network", "host", "--format", "docker",
@@ -243,7 +250,8 @@ def build_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     _run([*command, str(context)], timeout=BUILD_TIMEOUT)
     print(f"image built in {time.monotonic() - started:.0f}s")  # shown with -s
     prune_old_builds()
-    return iidfile.read_text().strip()
+    _BUILT[revision] = iidfile.read_text().strip()
+    return _BUILT[revision]
 
 
 def prune_old_builds() -> None:
