@@ -72,7 +72,9 @@ WORKDIR /opt/hiw-monitor
 USER 10001:10001
 EXPOSE 9188
 # /healthz: the scheduler is alive (it answers without credentials unless open_healthz is
-# false). No curl in slim images: the venv's Python asks, on the port HIW_MONITOR_LISTEN names.
+# false). No curl in slim images: the venv's Python asks, on the port HIW_MONITOR_LISTEN
+# names, over plain HTTP: with TLS (a web config file) replace it with --health-cmd (or the
+# orchestrator's own probe).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/opt/hiw-monitor/bin/python", "-c", "import os, urllib.request; port = os.environ.get('HIW_MONITOR_LISTEN', ':9188').rpartition(':')[2] or '9188'; urllib.request.urlopen('http://127.0.0.1:' + port + '/healthz', timeout=4)"]
 STOPSIGNAL SIGTERM

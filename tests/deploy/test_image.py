@@ -363,7 +363,10 @@ def test_image_watches_a_real_postgresql(image, pg, tmp_path):
         "    user: hiw_monitor\n    password_file: /run/secrets/hiw_db_password\n")
     for path in (secret, config, tmp_path):
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by uid 10001
-    options = ("--network", "host",
+    # locked down as compose.yaml and a Kubernetes securityContext run it: read-only root
+    # filesystem, no capabilities, no privilege escalation
+    options = ("--network", "host", "--read-only", "--cap-drop", "all",
+               "--security-opt", "no-new-privileges",
                "--env", f"HIW_MONITOR_LISTEN=127.0.0.1:{port}",  # never the host's 0.0.0.0
                "--env", "HIW_MONITOR_CONFIG=/etc/hiw-monitor/hiw_monitor.yaml",
                "--volume", f"{config}:/etc/hiw-monitor/hiw_monitor.yaml:ro",
