@@ -20,7 +20,8 @@
 #
 # BASE_IMAGE: any Debian-like image with python3 >= 3.11 and its venv module (the tests
 # build from a local Debian bookworm root). The pip index: pass --build-arg PIP_INDEX_URL
-# (and PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST) for a mirror; they reach the build stage only.
+# (and PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST, PIP_CERT) for a mirror; they reach the build
+# stage only.
 ARG BASE_IMAGE=python:3.12-slim
 
 # --- build: the agent's wheel, installed with its dependencies into a venv ---------------
@@ -30,6 +31,7 @@ LABEL org.opencontainers.image.title="hiw-monitor (build stage)" \
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 COPY pyproject.toml README.md ./

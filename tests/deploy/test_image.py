@@ -178,28 +178,48 @@ def base_image() -> str:
     return BASE_IMAGE
 
 
+PIP_SETTINGS = ("index-url", "extra-index-url", "trusted-host", "cert")
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"  # mounted into the build: pip's mirror CA
+
+
 def _pip_settings() -> dict[str, str]:
-    """The pip index the host uses, as build args (env first, then pip's own config);
-    only http(s) URLs: a file:// index of the host is not inside the build."""
+    """The pip index the host uses, as build args (env first, then pip's own config): only
+    http(s) URLs (a file:// index of the host is not inside the build), and its CA bundle
+    when it is the system one (the build mounts that)."""
     found: dict[str, str] = {}
     listing = _run([sys.executable, "-m", "pip", "config", "list"], check=False).stdout
     for line in listing.splitlines():
         key, _, raw = line.partition("=")
         name = key.rpartition(".")[2]
         value = raw.strip().strip("'\"")
-        if name in ("index-url", "extra-index-url", "trusted-host") and value:
+        if name in PIP_SETTINGS and value:
             found["PIP_" + name.upper().replace("-", "_")] = value
-    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"):
+    for name in ("PIP_" + s.upper().replace("-", "_") for s in PIP_SETTINGS):
         if os.environ.get(name):
             found[name] = os.environ[name]
     args = {}
     for name, value in found.items():
         words = value.split()
-        if name != "PIP_TRUSTED_HOST":
+        if name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
             words = [w for w in words if w.startswith(("http://", "https://"))]
+        elif name == "PIP_CERT":
+            words = [w for w in words if w == SYSTEM_CA]
         if words:
             args[name] = " ".join(words)
     return args
+
+
+def test_the_hosts_pip_index_reaches_the_build(monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///opt/wheels https://extra.example/simple")
+    monkeypatch.setenv("PIP_CERT", SYSTEM_CA)
+    settings = _pip_settings()
+    assert settings["PIP_INDEX_URL"] == "https://mirror.example/simple"
+    assert settings["PIP_EXTRA_INDEX_URL"] == "https://extra.example/simple"
+    assert settings["PIP_CERT"] == SYSTEM_CA
+    text = (REPO / "Dockerfile").read_text()
+    for name in settings:  # declared in the build stage, with no default
+        assert re.search(rf"(?m)^ARG {name}$", text), name
 
 
 def _clean_context(dest: Path, revision: str) -> Path:
@@ -241,8 +261,7 @@ def build_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     args = {"BASE_IMAGE": base, "VERSION": __version__, "REVISION": revision,
             **_pip_settings()}
     command = [*PODMAN, "build", "--isolation=chroot", "--network", "host", "--format", "docker",
-               "--volume", "/etc/ssl/certs/ca-certificates.crt:"
-               "/etc/ssl/certs/ca-certificates.crt:ro",
+               "--volume", f"{SYSTEM_CA}:{SYSTEM_CA}:ro",
                "--iidfile", str(iidfile), "--tag", "localhost/hiw-monitor:test"]
     for name, value in args.items():
         command += ["--build-arg", f"{name}={value}"]
