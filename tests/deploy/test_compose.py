@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -104,7 +105,7 @@ def test_compose_file_matches_the_compose_specification(tmp_path):
 def test_the_stack_has_every_piece():
     services = _services()
     assert set(services) >= {"postgres", "pgbouncer", "hiw-monitor", "prometheus",
-                             "alertmanager", "grafana"}
+                             "alertmanager", "grafana", "workload"}
     for name, service in services.items():
         assert "image" in service or "build" in service, name
         if "build" not in service:  # pinned, so that an upstream release never breaks it
@@ -135,9 +136,12 @@ def test_every_referenced_file_exists():
 
 def test_the_agent_is_built_from_the_top_level_dockerfile():
     agent = _services()["hiw-monitor"]
-    build = agent["build"]
-    assert (COMPOSE_DIR / build["context"]).resolve() == REPO
-    assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
+    for name in ("hiw-monitor", "workload"):  # the workload runs from the agent's image
+        service = _services()[name]
+        build = service["build"]
+        assert (COMPOSE_DIR / build["context"]).resolve() == REPO, name
+        assert build.get("dockerfile", "Dockerfile") == "Dockerfile", name
+        assert service["image"] == agent["image"], name
     assert "command" not in agent  # the image's `run`; nothing secret on a command line
     assert "entrypoint" not in agent
     assert agent["environment"]["HIW_MONITOR_CONFIG"] in [t for _, t in _bind_mounts(agent)]
@@ -313,22 +317,26 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.mark.integration
 @pytest.mark.timeout(1800)
-def test_pgbouncer_image_is_watched_by_the_agent_image(image, pg, tmp_path):
+def test_pgbouncer_and_workload_images_watched_by_the_agent_image(image, pg15_own, tmp_path):
     """The compose stack's PgBouncer image (on the test's Debian base) in front of a real
-    PostgreSQL, its entrypoint writing the auth_file from HIW_MONITOR_PASSWORD; the
-    agent's image watches its console as in the stack. Both on the host network on
-    127.0.0.1 and free ports (the test's ini replaces only the addresses)."""
-    from conftest import MONITOR_PASSWORD
+    PostgreSQL (a server of the test's own: the workload writes), its entrypoint writing
+    the auth_file from the environment; the workload service's own script (from
+    compose.yaml) running through it from the agent's image; the agent's image watching
+    PgBouncer's console as in the stack, and seeing the workload's pool. All on the host
+    network, on 127.0.0.1 and free ports (the test's ini changes only the addresses)."""
+    from conftest import HIW_DB, MONITOR_PASSWORD
     from test_image import (
         BUILD_TIMEOUT,
         PODMAN,
         _container,
+        _inspect,
         _logs,
         _run,
         base_image,
         prune_old_builds,
     )
 
+    pg = pg15_own
     # the committed files, as for the agent's image
     archive = tmp_path / "pgbouncer.tar"
     _run(["git", "-C", str(REPO), "archive", "--format=tar", f"--output={archive}", "HEAD",
@@ -358,26 +366,54 @@ def test_pgbouncer_image_is_watched_by_the_agent_image(image, pg, tmp_path):
     config.write_text(yaml.safe_dump({"targets": [target]}))
     for path in (tmp_path, tmp_path / "pgbouncer.ini", config):
         path.chmod(0o755 if path.is_dir() else 0o644)
-    bouncer_options = ("--network", "host", "--env", f"HIW_MONITOR_PASSWORD={MONITOR_PASSWORD}",
-                       "--volume", f"{tmp_path / 'pgbouncer.ini'}:/etc/pgbouncer/pgbouncer.ini:ro")
-    agent_options = ("--network", "host", "--env", f"HIW_MONITOR_LISTEN=127.0.0.1:{agent_port}",
+    app_password = f"app-{uuid.uuid4().hex[:8]}"
+    bouncer_options = ("--network", "host",
+                       "--env", f"HIW_MONITOR_PASSWORD={MONITOR_PASSWORD}",
+                       "--env", f"POSTGRES_PASSWORD={app_password}",
+                       "--volume",
+                       f"{tmp_path / 'pgbouncer.ini'}:/etc/pgbouncer/pgbouncer.ini:ro")
+    agent_options = ("--network", "host", "--read-only",
+                     "--env", f"HIW_MONITOR_LISTEN=127.0.0.1:{agent_port}",
                      "--env", "HIW_MONITOR_CONFIG=/etc/hiw-monitor/hiw_monitor.yaml",
                      "--env", f"HIW_DB_PASSWORD={MONITOR_PASSWORD}",
                      "--volume", f"{config}:/etc/hiw-monitor/hiw_monitor.yaml:ro")
+    workload = _services()["workload"]
+    workload_options = (
+        "--network", "host", "--read-only",
+        "--entrypoint", json.dumps(workload["entrypoint"]),
+        "--env", f"WORKLOAD_DSN=host=127.0.0.1 port={bouncer_port} dbname={HIW_DB} "
+        "user=postgres",
+        "--env", f"PGPASSWORD={app_password}")
     with _container(bouncer_image, options=bouncer_options) as bouncer, \
-            _container(image, options=agent_options) as agent:
+            _container(image, options=agent_options) as agent, \
+            _container(image, *workload["command"], options=workload_options) as app:
         url = f"http://127.0.0.1:{agent_port}/metrics"
 
-        def up() -> bool:
+        def metrics() -> str:
             try:
-                text = http_get(url, timeout=10).text
+                return http_get(url, timeout=10).text
             except OSError:
-                return False
-            return sample(text, "hiw_up", target=target["name"]) == 1
+                return ""
 
-        wait_for(up, timeout=120, what=f"hiw_up 1 for PgBouncer\n{_logs(bouncer)}\n"
-                 f"{_logs(agent)}")
-        text = http_get(url).text
+        def seen() -> bool:
+            text = metrics()
+            return (sample(text, "hiw_up", target=target["name"]) == 1
+                    and (sample(text, "hiw_pgbouncer_pool_client_connections",
+                                target=target["name"], database=HIW_DB, user="postgres",
+                                state="active") or 0) >= 1)
+
+        wait_for(seen, timeout=180, every=1,
+                 what=f"the agent to see PgBouncer and the workload's pool\n"
+                 f"{_logs(bouncer)}\n{_logs(agent)[-3000:]}\n{_logs(app)}")
+        text = metrics()
         assert sample(text, "hiw_collector_up", target=target["name"],
                       collector="pgbouncer") == 1, _logs(agent)[-3000:]
-        assert MONITOR_PASSWORD not in _logs(bouncer) + _logs(agent)
+        _run([*PODMAN, "stop", "--time", "60", app], timeout=120)
+        assert _inspect(app, "{{.State.ExitCode}}") == "0", _logs(app)
+        report = re.search(r"workload: (\d+) statements, (\d+) errors", _logs(app))
+        assert report, _logs(app)
+        assert int(report.group(1)) > 0, report.group(0)
+        assert int(report.group(2)) == 0, report.group(0) + "\n" + _logs(bouncer)
+        logs = _logs(bouncer) + _logs(agent) + _logs(app)
+        assert MONITOR_PASSWORD not in logs
+        assert app_password not in logs
