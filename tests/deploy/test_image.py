@@ -18,7 +18,7 @@ on 127.0.0.1 and a free port, never on the host's 0.0.0.0). Everything needs roo
 (debootstrap, rootful podman); under ``CI=true`` a missing tool fails, elsewhere it skips.
 
 Measured here (2 cores), this module and test_compose.py together: cold (no base image,
-no layer cache) 5 min, of which debootstrap 1.5-2 min and the agent's build 40 s; warm
+no layer cache) about 3 min, of which debootstrap 1.5 min and the builds 1 min; warm
 after a commit that changed the package (the base cached, the pip step re-run) about
 1 min; warm with the package unchanged about 35 s.
 """
