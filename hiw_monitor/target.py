@@ -137,66 +137,72 @@ _THROUGH_PGBOUNCER = (
     "type: pgbouncer")
 
 
+class _Deadlines:
+    """The client-side deadlines of every target, served by one daemon thread for the
+    whole agent (a fleet of 200 targets does not need 200 threads): a deadline that
+    passes while armed runs its ``expire`` in that thread. Started on first use."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        # watchdog -> (deadline, connection, seconds) while armed
+        self._armed: dict[_Watchdog, tuple[float, psycopg.Connection[Any], float]] = {}
+        self._thread: threading.Thread | None = None
+
+    def arm(self, owner: _Watchdog, conn: psycopg.Connection[Any], seconds: float) -> None:
+        with self._cond:
+            self._armed[owner] = (time.monotonic() + seconds, conn, seconds)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="hiw-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def disarm(self, owner: _Watchdog) -> None:
+        with self._cond:
+            self._armed.pop(owner, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [(owner, conn, seconds) for owner, (at, conn, seconds)
+                       in self._armed.items() if at <= now]
+                for owner, _, _ in due:
+                    del self._armed[owner]
+                if not due:
+                    soonest = min((at for at, _, _ in self._armed.values()), default=None)
+                    self._cond.wait(None if soonest is None else soonest - now)
+                    continue
+            for owner, conn, seconds in due:  # outside the lock: others keep arming
+                try:
+                    owner.expire(conn, seconds)
+                except Exception:  # a bug here must not end every target's deadlines
+                    log.exception("watchdog_bug", target=owner.name)
+
+
+_DEADLINES = _Deadlines()
+
+
 class _Watchdog:
-    """A re-armable client-side deadline, served by one daemon thread per target.
+    """A target's re-armable client-side deadline (served by :data:`_DEADLINES`).
 
     ``arm(conn, seconds)`` before a round trip, ``disarm()`` after it; when a deadline
-    passes while armed, ``expire(conn, seconds)`` runs in the watchdog's thread.
+    passes while armed, ``expire(conn, seconds)`` runs in the watchdog thread.
     """
 
     def __init__(self, name: str, expire: Callable[[psycopg.Connection[Any], float], None]
                  ) -> None:
-        self._name = name
-        self._expire = expire
-        self._cond = threading.Condition()
-        self._deadline: float | None = None
-        self._conn: psycopg.Connection[Any] | None = None
-        self._seconds = 0.0
-        self._generation = 0  # bumped by close(): the running thread then exits
-        self._running = False
+        self.name = name
+        self.expire = expire
 
     def arm(self, conn: psycopg.Connection[Any], seconds: float) -> None:
-        with self._cond:
-            self._deadline = time.monotonic() + seconds
-            self._conn, self._seconds = conn, seconds
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._run, args=(self._generation,),
-                                 name=f"hiw-watchdog-{self._name}", daemon=True).start()
-            self._cond.notify()
+        _DEADLINES.arm(self, conn, seconds)
 
     def disarm(self) -> None:
-        with self._cond:
-            self._deadline = None
-            self._conn = None
+        _DEADLINES.disarm(self)
 
     def close(self) -> None:
-        with self._cond:
-            self._generation += 1
-            self._running = False
-            self._deadline = None
-            self._conn = None
-            self._cond.notify_all()
-
-    def _run(self, generation: int) -> None:
-        with self._cond:
-            while generation == self._generation:
-                if self._deadline is None:
-                    self._cond.wait()
-                    continue
-                remaining = self._deadline - time.monotonic()
-                if remaining > 0:
-                    self._cond.wait(remaining)
-                    continue
-                conn, seconds = self._conn, self._seconds
-                self._deadline = None
-                self._conn = None
-                if conn is not None:
-                    self._cond.release()
-                    try:
-                        self._expire(conn, seconds)
-                    finally:
-                        self._cond.acquire()
+        _DEADLINES.disarm(self)
 
 
 class _WatchedConnection(psycopg.Connection[dict[str, Any]]):
@@ -548,8 +554,8 @@ class Target:
             other.cancel()
 
     def release(self) -> None:
-        """Close the connection (and stop the watchdog's thread) without marking the
-        target down: a database's target between its collections."""
+        """Close the connection (and disarm its deadline) without marking the target
+        down: a database's target between its collections."""
         self._drop()
         self._watchdog.close()
 
