@@ -459,10 +459,14 @@ def test_agent_runs_under_the_units_sandbox(pg, public_dir, tmp_path):
     user = "nobody"
     entry = pwd.getpwnam(user)
     uid, gid = entry.pw_uid, entry.pw_gid
-    # a Python under /root (pyenv) is out of an unprivileged user's reach: the sandbox
-    # shows it through an otherwise empty /root (as if installed under /opt)
-    reveal = [] if unprivileged_can_run(Path(sys.executable), user) else [sys.base_prefix]
-    assert all(p.startswith("/root/") for p in reveal), f"unreachable: {reveal}"
+    # a Python (pyenv), a venv or a checkout (the editable install) under /root is out of
+    # an unprivileged user's reach: the sandbox shows them through an otherwise empty
+    # /root (as if installed under /opt)
+    reveal = [] if unprivileged_can_run(Path(sys.executable), user) else sorted(
+        {p for p in (sys.base_prefix, sys.prefix, str(ROOT)) if p.startswith("/root/")})
+    reveal = [p for p in reveal if not any(p.startswith(q + "/") for q in reveal)]
+    assert unprivileged_can_run(Path(sys.executable), user) or reveal, (
+        f"{sys.executable} is out of {user}'s reach and not under /root")
 
     # the config as the README installs it, but this PostgreSQL and a free port
     params = conninfo_to_dict(pg.monitor_dsn())
