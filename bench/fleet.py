@@ -29,11 +29,24 @@ instances are polled until none of its connections remains (bounded). Last, in t
 process and with the agent gone, the same exposition is re-rendered (text, OpenMetrics,
 gzip) to estimate what one full re-render costs at that size.
 
+``--targets-are instances`` measures the other way to watch the same databases: a size
+N is still N databases watched (the same N databases, round-robin over the instances), but
+the agent gets one target per instance that holds any of them (so 3 targets from 3
+databases on), its DSN on ``heroes_in_waiting`` and ``databases: {include: [...]}`` listing
+the exact names of that instance's share; the per-database collectors (vacuum, indexes,
+bloat, review) walk those databases with a ``datname`` label and the instance-wide ones run
+once per instance. The connection bound is then the agent's ``max_connections`` per
+instance (default 2). Every figure is reported per database watched as well as per target;
+the collections due are per target (one per-database run walks all of its databases).
+The default, ``--targets-are databases``, is one target per database, as before.
+
 Writes (or replaces) the section of ``--out`` titled ``--label``, keeping the others, and
-rebuilds the comparison table at the top of the file from every section's data.
+rebuilds the comparison table at the top of the file from every section's data (each row
+says which mode its run used).
 
     .venv/bin/python bench/fleet.py [--sizes 1,10,50,200] [--window 300] [--instances 3]
-        [--offset SECONDS] [--label "Baseline (before the fleet work)"] [--out docs/fleet.md]
+        [--targets-are databases|instances] [--offset SECONDS]
+        [--label "Baseline (before the fleet work)"] [--out docs/fleet.md]
 
 Everything binds or connects to 127.0.0.1 only, every wait and loop is bounded in count
 and time, every process this script starts (agent, pgbench) is stopped by its PID, and
@@ -59,6 +72,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -95,6 +109,8 @@ ROLE = "hiw_monitor"
 COPY_PREFIX = "hiw_fleet_"
 DEFAULT_LABEL = "Baseline (before the fleet work)"
 SAMPLE_EVERY = 5.0
+FAST_CONN_EVERY = 0.5  # --targets-are instances: connections per instance, in a thread
+PY_SPY_RATE = 50  # samples per second with --py-spy
 PACED_EVERY = 15.0  # Prometheus-like scrape interval inside the window
 SETTLE = 15.0  # after the last first run, before a window may start
 HTTP_UP_TIMEOUT = 60.0
@@ -131,6 +147,13 @@ class FleetTarget:
     instance: int
     port: int
     dbname: str
+    # --targets-are instances: the exact names of the databases this target walks (its
+    # ``databases: {include: [...]}``); empty: the target is its dbname alone
+    databases: tuple[str, ...] = ()
+
+    @property
+    def watched(self) -> int:
+        return len(self.databases) or 1
 
 
 def copy_name(index: int) -> str:
@@ -166,12 +189,27 @@ def fleet_targets(clusters: Sequence[Cluster], total: int) -> list[FleetTarget]:
     return out
 
 
+def instance_targets(databases: Sequence[FleetTarget]) -> list[FleetTarget]:
+    """--targets-are instances: one target per instance holding any of ``databases``
+    (those of the first N, as in the default mode), its DSN on the first of its share
+    (heroes_in_waiting) and ``databases`` the exact names of its share."""
+    out = []
+    for inst in sorted({t.instance for t in databases}):
+        share = [t for t in databases if t.instance == inst]
+        out.append(FleetTarget(f"pg{inst}", inst, share[0].port, share[0].dbname,
+                               tuple(t.dbname for t in share)))
+    return out
+
+
 def config_yaml(targets: Sequence[FleetTarget], password_file: Path) -> str:
     lines = ["targets:"]
     for t in targets:
         lines += [f"  - name: {t.name}", "    host: 127.0.0.1", f"    port: {t.port}",
                   f"    dbname: {t.dbname}", f"    user: {ROLE}",
                   f"    password_file: {password_file}"]
+        if t.databases:  # exact names: none holds a glob character
+            lines += ["    databases:", "      include:"]
+            lines += [f"        - {name}" for name in t.databases]
     return "\n".join(lines) + "\n"
 
 
@@ -207,6 +245,7 @@ class Monitor:
     """One superuser connection per instance (application_name bench_fleet)."""
 
     def __init__(self, clusters: Sequence[Cluster]) -> None:
+        self.clusters = list(clusters)
         self.conns = [c.connect(DBNAME, application_name=BENCH_APP, connect_timeout=10)
                       for c in clusters]
 
@@ -255,6 +294,72 @@ class Monitor:
         for conn in self.conns:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+
+class ConnSampler:
+    """--targets-are instances: the agent's connections per instance every ``every`` s in
+    a thread of its own (its own superuser connections), from start() to stop(), bounded:
+    a per-database connection lives only while its database is collected, which the 5 s
+    samples of the window can miss."""
+
+    def __init__(self, clusters: Sequence[Cluster], every: float, limit_s: float) -> None:
+        self.monitor = Monitor(clusters)
+        self.every, self.limit_s = every, limit_s
+        self.max_total = 0
+        self.max_per = [0] * len(clusters)
+        self.samples = 0
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="conn-sampler", daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.limit_s
+        try:
+            for _ in range(int(self.limit_s / self.every) + 1):
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    break
+                counts = self.monitor.connections()
+                self.samples += 1
+                self.max_total = max(self.max_total, sum(counts))
+                self.max_per = [max(a, b) for a, b in zip(self.max_per, counts, strict=True)]
+                self._stop.wait(self.every)
+        except psycopg.Error as exc:  # reported, not fatal: the 5 s samples remain
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.monitor.close()
+
+
+GENERIC_FRAMES = ("threading.py", "thread.py", "runpy.py", "<module>", "__main__.py",
+                  "selectors.py", "socketserver.py", "queue.py")
+
+
+def read_profile(path: Path, top: int = 14) -> dict[str, Any]:
+    """py-spy's raw output (one ``frame;frame;... count`` line per distinct stack, idle
+    threads left out): the samples, and the functions (file without the line) with the
+    most samples inclusive (on the stack) and self (the leaf), as [count, frame]."""
+    inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        leaf[frames[-1]] += n
+    return {"samples": total,
+            "inclusive": [[c, f] for f, c in inclusive.most_common(top * 3)
+                          if not any(g in f for g in GENERIC_FRAMES)][:top],
+            "self": [[c, f] for f, c in leaf.most_common(top)]}
 
 
 class AgentLog:
@@ -393,11 +498,14 @@ def agent_code(rev: str | None, tmp: Path) -> AgentCode:
 
 AGENT_FACTS = """
 import json, hiw_monitor
-from hiw_monitor.collectors import PGBOUNCER_NAMES
+from hiw_monitor.collectors import ALL, PGBOUNCER_NAMES
 from hiw_monitor.config import load
+config = load(environ={}, require_targets=False)
 print(json.dumps({"file": hiw_monitor.__file__, "version": hiw_monitor.__version__,
-    "collectors": {c.name: c.interval for c in load(environ={}, require_targets=False)
-                   .enabled_collectors if c.name not in PGBOUNCER_NAMES}}))
+    "collectors": {c.name: c.interval for c in config.enabled_collectors
+                   if c.name not in PGBOUNCER_NAMES},
+    "per_database": sorted(c.name for c in ALL if getattr(c, "per_database", False)),
+    "max_connections": getattr(config.connection, "max_connections", None)}))
 """
 
 
@@ -412,6 +520,58 @@ def agent_facts(code: AgentCode) -> dict[str, Any]:
     if not Path(facts["file"]).resolve().is_relative_to(code.root.resolve()):
         raise BenchError(f"hiw_monitor imported from {facts['file']}, not {code.root}")
     return facts
+
+
+# --- one run of each collector ------------------------------------------------------------
+
+ONCE_TIMEOUT = 300.0  # one ``once --collector NAME`` at most
+ONCE_BASELINE = "connections"  # the cheapest collector: start-up, config, connect, render
+
+
+def once_cpu(code: AgentCode, config: Path, collector: str, log_path: Path
+             ) -> tuple[float, float, int]:
+    """``hiw-monitor once --config FILE --collector NAME`` as a subprocess: its CPU (utime +
+    stime from wait4, ms), wall time (ms) and exit code (-9: killed at ONCE_TIMEOUT)."""
+    with log_path.open("ab") as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hiw_monitor", "once", "--config", str(config),
+             "--collector", collector, "--log-level", "error"],
+            stdout=subprocess.DEVNULL, stderr=err, env=code.env(), cwd=code.root)
+        status, usage = 0, None
+        for _ in range(int(ONCE_TIMEOUT / 0.1) + 1):
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                break
+            if time.monotonic() - t0 > ONCE_TIMEOUT:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.1)
+        wall = (time.monotonic() - t0) * 1000
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    cpu = (usage.ru_utime + usage.ru_stime) * 1000 if usage is not None else float("nan")
+    return cpu, wall, proc.returncode
+
+
+def once_costs(code: AgentCode, config: Path, collectors: Sequence[str], tmp: Path,
+               tag: str) -> dict[str, list[float]]:
+    """Each collector run once on every target, one process each, and the baseline
+    collector twice more: name -> [CPU ms, wall ms, exit code]; the baseline's best of
+    three is under ``_baseline``."""
+    out: dict[str, list[float]] = {}
+    log_path = tmp / f"once-{tag}.log"
+    base = []
+    for name in [ONCE_BASELINE, *collectors, ONCE_BASELINE, ONCE_BASELINE]:
+        cpu, wall, code_ = once_cpu(code, config, name, log_path)
+        if name == ONCE_BASELINE:
+            base.append(cpu)
+        if name not in out or name != ONCE_BASELINE:
+            out[name] = [cpu, wall, float(code_)]
+        print(f"    once --collector {name}: CPU {cpu:,.0f} ms, wall {wall:,.0f} ms, exit "
+              f"{code_}", flush=True)
+    out["_baseline"] = [min(base), max(base), 0.0]  # CPU ms: best and worst of three
+    return out
 
 
 # --- one size ----------------------------------------------------------------------------
@@ -466,6 +626,59 @@ class SizeResult:
     pairs_collected: int = 0  # of them, with a successful run before the series scrape
     top_statements: list[tuple[float, int, str]] = field(default_factory=list)  # ms, calls
     notes: list[str] = field(default_factory=list)
+    # --targets-are: "databases" (one target per database; runs before the option) or
+    # "instances" (one target per instance, walking its share of the databases)
+    targets_are: str = "databases"
+    databases: int = 0  # databases watched (0 in older data: one per target)
+    conn_bound: int = 0  # connections the agent may hold at most (0: one per target)
+    conn_bound_per_instance: int = 0  # (0: the targets on the instance)
+    wall_sum_ms: dict[str, float] = field(default_factory=dict)  # per collector, window
+    conns_fast: str = ""  # the 0.5 s connection samples (--targets-are instances)
+    profile: dict[str, Any] = field(default_factory=dict)  # --py-spy, in the window
+    # --once-costs: collector -> [CPU ms, wall ms, exit] of one ``once --collector`` process
+    # (every target), "_baseline": the cheapest collector's best of three
+    once: dict[str, list[float]] = field(default_factory=dict)
+
+    def once_run_ms(self, collector: str) -> float:
+        """CPU of one run of ``collector`` on every target, the baseline (start-up,
+        config, connecting, the cheapest collector) taken off; nan when not measured."""
+        if collector not in self.once or "_baseline" not in self.once:
+            return float("nan")
+        return max(0.0, self.once[collector][0] - self.once["_baseline"][0])
+
+    @property
+    def unseen(self) -> list[str]:
+        """Collectors with no run finished in the window."""
+        return [c for c in self.due if not self.done.get(c)]
+
+    @property
+    def unseen_h(self) -> float:
+        """CPU per hour the window did not see: for each collector with no run in it, one
+        run's CPU on every target (from --once-costs) x its runs per hour per target at the
+        default interval."""
+        return sum(self.once_run_ms(c) / 1000 * self.due[c] / self.targets / self.window_s
+                   * 3600 for c in self.unseen)  # one ``once`` run covers every target
+
+    @property
+    def full_h_per_db(self) -> float:
+        """Total CPU per hour (measured, or projected when saturated) plus what the window
+        did not see, per database watched; nan without --once-costs."""
+        if not self.once:
+            return float("nan")
+        return (self.effective_h_per_target * self.targets + self.unseen_h) / self.dbs
+
+    @property
+    def dbs(self) -> int:
+        """Databases watched (the size)."""
+        return self.databases or self.targets
+
+    @property
+    def instance_mode(self) -> bool:
+        return self.targets_are == "instances"
+
+    @property
+    def bound(self) -> int:
+        return self.conn_bound or self.targets
 
     @property
     def cpu_h(self) -> float:
@@ -476,8 +689,16 @@ class SizeResult:
         return self.cpu_h / self.targets
 
     @property
+    def cpu_h_per_db(self) -> float:
+        return self.cpu_h / self.dbs
+
+    @property
     def db_ms_per_target_min(self) -> float:
         return self.db_exec_ms / self.targets / (self.window_s / 60)
+
+    @property
+    def db_ms_per_db_min(self) -> float:
+        return self.db_exec_ms / self.dbs / (self.window_s / 60)
 
     @property
     def runs(self) -> int:
@@ -508,6 +729,14 @@ class SizeResult:
         (its measured CPU is then capped by the core it can use)."""
         return max(self.cpu_h_per_target, self.projected_h_per_target) if self.saturated \
             else self.cpu_h_per_target
+
+    @property
+    def projected_h_per_db(self) -> float:
+        return self.projected_h_per_target * self.targets / self.dbs
+
+    @property
+    def effective_h_per_db(self) -> float:
+        return self.effective_h_per_target * self.targets / self.dbs
 
     @property
     def cpu_ms_per_run(self) -> float:
@@ -541,17 +770,24 @@ def wait_connections_gone(monitor: Monitor, timeout: float) -> tuple[int, float]
 
 def measure_size(n: int, fleet: list[FleetTarget], monitor: Monitor, tmp: Path,
                  password_file: Path, collectors: dict[str, float], code: AgentCode,
-                 args: argparse.Namespace) -> SizeResult:
-    targets = fleet[:n]
-    print(f"== {n} target(s)", flush=True)
+                 args: argparse.Namespace, max_connections: int | None = None
+                 ) -> SizeResult:
+    """One agent watching the first ``n`` databases of ``fleet``: one target each, or
+    (--targets-are instances) one per instance walking its share of them."""
+    watched = fleet[:n]
+    instances = args.targets_are == "instances"
+    targets = instance_targets(watched) if instances else watched
+    per_inst_bound = (max_connections or 2) if instances else 0
+    print(f"== {n} database(s), {len(targets)} target(s) (targets are {args.targets_are})",
+          flush=True)
     left, _ = wait_connections_gone(monitor, CONN_GONE_TIMEOUT)
     if left:
         raise BenchError(f"{left} hiw_monitor connection(s) before the agent started")
-    config = tmp / f"fleet-{n}.yaml"
+    config = tmp / f"fleet-{args.targets_are}-{n}.yaml"
     config.write_text(config_yaml(targets, password_file), encoding="utf-8")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log_path = tmp / f"agent-{n}.log"
+    log_path = tmp / f"agent-{args.targets_are}-{n}.log"
     started_at = dt.datetime.now(dt.UTC).strftime("%H:%M:%S UTC")
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
@@ -593,9 +829,21 @@ def measure_size(n: int, fleet: list[FleetTarget], monitor: Monitor, tmp: Path,
         cpu0 = proc_sample(proc.pid)[2]
         rss, threads, conns, per_inst_max = [], [], [], [0] * len(monitor.conns)
         paced: list[float] = []
+        sampler = ConnSampler(monitor.clusters, FAST_CONN_EVERY, args.window + 60) \
+            if instances else None
+        spy = spy_path = None
+        if args.py_spy:  # sampling, not pausing the agent (--nonblocking)
+            spy_path = tmp / f"py-spy-{args.targets_are}-{n}.txt"
+            spy = subprocess.Popen(
+                [str(args.py_spy), "record", "--pid", str(proc.pid), "--duration",
+                 str(int(args.window)), "--rate", str(PY_SPY_RATE), "--nonblocking",
+                 "--format", "raw", "--output", str(spy_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if sampler is not None:
+            sampler.start()
         ticks = int(args.window / SAMPLE_EVERY)
-        print(f"  window {args.window:g} s from {w_start - t_start:.0f} s after start",
-              flush=True)
+        print(f"  window {args.window:g} s from {w_start - t_start:.0f} s after start "
+              f"(agent pid {proc.pid})", flush=True)
         for tick in range(ticks + 1):
             due = w_start + tick * SAMPLE_EVERY
             time.sleep(max(0.0, due - time.monotonic()))
@@ -615,6 +863,26 @@ def measure_size(n: int, fleet: list[FleetTarget], monitor: Monitor, tmp: Path,
                       f"{len(log.collections) - runs_before}", flush=True)
         # the window ends at w_start + ticks * SAMPLE_EVERY
         cpu1 = proc_sample(proc.pid)[2]
+        profile: dict[str, Any] = {}
+        if spy is not None and spy_path is not None:
+            try:
+                _, err = spy.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop_process(spy)
+                err = b"did not finish 30 s after the window"
+            if spy_path.exists():
+                profile = read_profile(spy_path)
+            else:
+                profile = {"error": err.decode(errors="replace")[-300:]}
+        fast = ""
+        if sampler is not None:
+            sampler.stop()
+            fast = (f"{sampler.samples} samples, max {sampler.max_total}, per instance "
+                    f"{'/'.join(str(c) for c in sampler.max_per)}"
+                    + (f"; sampler stopped early: {sampler.error}" if sampler.error else ""))
+            conns.append(sampler.max_total)  # into the window's max (not its end)
+            per_inst_max = [max(a, b) for a, b in zip(per_inst_max, sampler.max_per,
+                                                      strict=True)]
         window = time.monotonic() - w_start
         busy1, total1 = machine_cpu()
         load_end = loadavg()
@@ -651,6 +919,8 @@ def measure_size(n: int, fleet: list[FleetTarget], monitor: Monitor, tmp: Path,
         failed = Counter(r["collector"] for r in in_window if r.get("error"))
         wall = {c: statistics.median([float(r["duration_ms"] or 0) for r in in_window
                                       if r["collector"] == c]) for c in done}
+        wall_sum = {c: sum(float(r["duration_ms"] or 0) for r in in_window
+                           if r["collector"] == c) for c in done}
 
         # --- after the window: exposition, latency, /probe ---
         t_body = time.monotonic()
@@ -676,9 +946,16 @@ def measure_size(n: int, fleet: list[FleetTarget], monitor: Monitor, tmp: Path,
         render_ms = render_cost(body)
     except Exception as exc:  # noqa: BLE001 - an estimate: reported as missing
         print(f"  render estimate failed: {type(exc).__name__}: {exc}", flush=True)
+    once: dict[str, list[float]] = {}
+    if args.once_costs:
+        print("  one run of each collector (hiw-monitor once --collector NAME)", flush=True)
+        once = once_costs(code, config, list(collectors), tmp, f"{args.targets_are}-{n}")
+        left, _ = wait_connections_gone(monitor, CONN_GONE_TIMEOUT)
+        if left:
+            raise BenchError(f"{left} connection(s) left after the once runs")
     return SizeResult(
-        targets=n, per_instance=[sum(1 for t in targets if t.instance == i)
-                                 for i in range(len(monitor.conns))],
+        targets=len(targets), per_instance=[sum(1 for t in watched if t.instance == i)
+                                            for i in range(len(monitor.conns))],
         started_at=started_at, warmup_s=warmup, warmup_complete=missing == 0,
         pairs_missing=missing, window_start_s=w_start - t_start, window_s=window,
         cpu_s=cpu1 - cpu0,
@@ -686,17 +963,22 @@ def measure_size(n: int, fleet: list[FleetTarget], monitor: Monitor, tmp: Path,
         load_start=load_start, load_end=load_end,
         rss_median=statistics.median(rss), rss_end=rss_end, rss_peak=rss_peak,
         threads_median=statistics.median(threads), threads_max=max(threads),
-        conns_max=max(conns), conns_end=conns[-1], conns_per_instance_max=per_inst_max,
+        conns_max=max(conns), conns_end=conns[-2 if fast else -1],
+        conns_per_instance_max=per_inst_max,
         conns_after_stop=after, conns_gone_s=gone_s, stop_s=stop_s, exit_code=exit_code,
         db_exec_ms=exec_ms, db_plan_ms=plan_ms, db_calls=calls, db_statements=statements,
         dealloc=dealloc_after - dealloc_before,
         done=dict(done), failed=dict(failed),
-        due={c: n * window / interval for c, interval in collectors.items()},
+        due={c: len(targets) * window / interval for c, interval in collectors.items()},
         wall_ms=wall, skipped=skipped, series=series, families=len(fams),
         body_bytes=len(body.encode()), latency=latency, paced=quantiles_ms(paced),
         probe=probe, probe_status=probe_status, render_ms=render_ms,
         problems=[f"{count} x {what}" for what, count in log.problems.most_common(8)],
         pairs_total=len(wanted), pairs_collected=collected, top_statements=top,
+        targets_are=args.targets_are, databases=n,
+        conn_bound=per_inst_bound * len(targets) if instances else len(targets),
+        conn_bound_per_instance=per_inst_bound, wall_sum_ms=wall_sum,
+        conns_fast=fast, profile=profile, once=once,
     )
 
 
@@ -759,27 +1041,57 @@ def tg(n: int) -> str:
     return f"{n} target{'' if n == 1 else 's'}"
 
 
+def dbs(n: int) -> str:
+    return f"{n} database{'' if n == 1 else 's'}"
+
+
+def size_name(r: SizeResult) -> str:
+    """A size as the report names it: its targets (one per database), or with targets
+    that are instances, the databases watched and the targets."""
+    return f"{dbs(r.dbs)} ({tg(r.targets)})" if r.instance_mode else tg(r.targets)
+
+
+def unit(r: SizeResult) -> str:
+    """What a size counts: targets (one per database) or databases watched."""
+    return "database" if r.instance_mode else "target"
+
+
 def total_h(r: SizeResult) -> float:
     """Total CPU per hour: measured, or projected when the agent was saturated."""
     return r.effective_h_per_target * r.targets
 
 
 def growth_exponent(a: SizeResult, b: SizeResult) -> float:
-    if total_h(a) <= 0 or total_h(b) <= 0 or a.targets == b.targets:
+    """Over the databases watched (the targets, one per database, by default)."""
+    if total_h(a) <= 0 or total_h(b) <= 0 or a.dbs == b.dbs:
         return float("nan")
-    return math.log(total_h(b) / total_h(a)) / math.log(b.targets / a.targets)
+    return math.log(total_h(b) / total_h(a)) / math.log(b.dbs / a.dbs)
 
 
 def marginal(a: SizeResult, b: SizeResult) -> float:
-    return (total_h(b) - total_h(a)) / (b.targets - a.targets)
+    """Total CPU per hour per added database watched (target, by default)."""
+    return (total_h(b) - total_h(a)) / (b.dbs - a.dbs)
+
+
+def full_marginal(a: SizeResult, b: SizeResult) -> float:
+    """As marginal(), with the CPU the window did not see (--once-costs) added."""
+    return (b.full_h_per_db * b.dbs - a.full_h_per_db * a.dbs) / (b.dbs - a.dbs)
+
+
+def full_exponent(a: SizeResult, b: SizeResult) -> float:
+    fa, fb = a.full_h_per_db * a.dbs, b.full_h_per_db * b.dbs
+    if not fa > 0 or not fb > 0 or a.dbs == b.dbs:
+        return float("nan")
+    return math.log(fb / fa) / math.log(b.dbs / a.dbs)
 
 
 def ascii_chart(results: Sequence[SizeResult], width: int = 60) -> list[str]:
     """Total agent CPU per hour by size on a log scale: '#' measured, '+' on to the
     projection where the agent was saturated, '|' where linear growth from the smallest
-    size would be (its CPU per target times the targets)."""
+    size would be (its CPU per target times the targets; per database watched times the
+    databases with targets that are instances)."""
     first = results[0]
-    linear = [first.effective_h_per_target * r.targets for r in results]
+    linear = [first.effective_h_per_db * r.dbs for r in results]
     values = [v for r in results for v in (r.cpu_h, total_h(r))] + linear
     low = 10 ** math.floor(math.log10(max(1e-3, min(values))))
     high = 10 ** math.ceil(math.log10(max(values) * 1.0001))
@@ -789,7 +1101,7 @@ def ascii_chart(results: Sequence[SizeResult], width: int = 60) -> list[str]:
                                        / math.log10(high / low) * width)))
 
     lines = [f"Total agent CPU, s per hour, log scale: # measured, + projected (saturated: "
-             f"CPU per collection x due), | linear from {first.targets} target(s)"]
+             f"CPU per collection x due), | linear from {first.dbs} {unit(first)}(s)"]
     for r, lin in zip(results, linear, strict=True):
         cells = [" "] * (width + 1)
         for x in range(max(1, col(r.cpu_h))):
@@ -799,7 +1111,7 @@ def ascii_chart(results: Sequence[SizeResult], width: int = 60) -> list[str]:
         cells[col(lin)] = "|"
         figure = f"{r.cpu_h:,.0f}" + (f" (projected {total_h(r):,.0f})" if r.saturated
                                       else "")
-        lines.append(f"{r.targets:>4} targets {''.join(cells)} {figure}")
+        lines.append(f"{r.dbs:>4} {unit(r)}s {''.join(cells)} {figure}")
     axis = [" "] * (width + 12)
     decade, labels = low, []
     while decade <= high:
@@ -809,15 +1121,19 @@ def ascii_chart(results: Sequence[SizeResult], width: int = 60) -> list[str]:
         for j, ch in enumerate(text):
             if x + j < len(axis):
                 axis[x + j] = ch
-    lines.append(f"{'':13}{''.join(axis).rstrip()}")
+    lines.append(f"{'':{len(unit(first)) + 7}}{''.join(axis).rstrip()}")
     return lines
 
 
 def goals(results: Sequence[SizeResult]) -> tuple[list[str], list[str]]:
-    """The goals table and the reasons for each miss, from the measurements."""
+    """The goals table and the reasons for each miss, from the measurements. Sizes are
+    targets (one per database) or, with targets that are instances, databases watched:
+    the goals are per database watched either way (the same thing by default)."""
     big = results[-1]
-    at = f"{tg(big.targets)}" + ("" if big.targets == GOAL_AT else
-                                     f" (the largest size run; the goal is at {GOAL_AT})")
+    inst = big.instance_mode
+    u = unit(big)  # target, or database (watched)
+    at = f"{size_name(big)}" + ("" if big.dbs == GOAL_AT else
+                                f" (the largest size run; the goal is at {GOAL_AT})")
     rows = ["| Goal | Measured | Met |", "|---|---|---|"]
     why: list[str] = []
     sat = [r for r in results if r.saturated]
@@ -825,42 +1141,68 @@ def goals(results: Sequence[SizeResult]) -> tuple[list[str], list[str]]:
     def met(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
-    def per_target(r: SizeResult) -> str:
-        return f"{r.targets}: {r.cpu_h_per_target:,.1f}" + (
-            f" measured, {r.projected_h_per_target:,.0f} projected" if r.saturated else "")
+    def per_unit(r: SizeResult) -> str:
+        text = f"{r.dbs}: {r.cpu_h_per_db:,.1f}" + (
+            f" measured, {r.projected_h_per_db:,.0f} projected" if r.saturated else "")
+        if inst:  # and per target (an instance walking its share)
+            text += (f" (per target: {r.cpu_h_per_target:,.1f}"
+                     + (f" measured, {r.projected_h_per_target:,.0f} projected"
+                        if r.saturated else "") + ")")
+        return text
 
-    ok_cpu = all(r.effective_h_per_target <= GOAL_CPU_PER_TARGET_H for r in results)
-    rows.append(f"| CPU per target at most {GOAL_CPU_PER_TARGET_H:g} s/hour at default "
-                f"intervals, every size | {'; '.join(per_target(r) for r in results)} "
-                f"(s/h) | {met(ok_cpu)} |")
+    full = all(r.once for r in results)  # --once-costs: what the window missed added
+
+    def cpu_goal_h(r: SizeResult) -> float:
+        return max(r.effective_h_per_db, r.full_h_per_db) if full else r.effective_h_per_db
+
+    ok_cpu = all(cpu_goal_h(r) <= GOAL_CPU_PER_TARGET_H for r in results)
+    rows.append(f"| CPU per {u}{' watched' if inst else ''} at most "
+                f"{GOAL_CPU_PER_TARGET_H:g} s/hour at default "
+                f"intervals, every size | {'; '.join(per_unit(r) for r in results)} "
+                "(s/h)" + ("; with the collectors that had no run in the window (one "
+                           "`once` run each x its runs per hour): " + "; ".join(
+                               f"{r.dbs}: {r.full_h_per_db:,.1f}" for r in results)
+                           + " (s/h)" if full else "") + f" | {met(ok_cpu)} |")
     ok_lin = True
     if len(results) >= 3:
         first, last = marginal(results[0], results[1]), marginal(results[-2], results[-1])
         ok_lin = last <= first * LINEAR_TOLERANCE and not sat
+        if full:
+            ok_lin = ok_lin and full_marginal(results[-2], results[-1]) <= \
+                full_marginal(results[0], results[1]) * LINEAR_TOLERANCE
         rows.append(
-            f"| Total CPU linear in targets (marginal CPU per added target at the largest "
+            f"| Total CPU linear in {u}s{' watched' if inst else ''} (marginal CPU per added "
+            f"{u} at the largest "
             f"step at most {LINEAR_TOLERANCE:g}x the first step's, and the agent keeping "
             "up with its schedule) | "
-            + "; ".join(f"{x.targets}->{y.targets}: {marginal(x, y):,.1f} s/h per added "
-                        f"target, exponent {growth_exponent(x, y):.2f}"
+            + "; ".join(f"{x.dbs}->{y.dbs}: {marginal(x, y):,.1f} s/h per added "
+                        f"{u}, exponent {growth_exponent(x, y):.2f}"
                         for x, y in itertools.pairwise(results))
-            + (f" ({', '.join(str(r.targets) for r in sat)} targets: projected, the agent "
-               "could not keep up)" if sat else "") + f" | {met(ok_lin)} |")
-    rss_goal = GOAL_RSS_BASE + GOAL_RSS_PER_TARGET * big.targets
+            + (f" ({', '.join(str(r.dbs) for r in sat)} {u}s: projected, the agent "
+               "could not keep up)" if sat else "")
+            + ("; with the collectors the window missed: " + "; ".join(
+                f"{x.dbs}->{y.dbs}: {full_marginal(x, y):,.1f} s/h per added {u}, exponent "
+                f"{full_exponent(x, y):.2f}" for x, y in itertools.pairwise(results))
+               if full else "") + f" | {met(ok_lin)} |")
+    rss_goal = GOAL_RSS_BASE + GOAL_RSS_PER_TARGET * big.dbs
     ok_rss = big.rss_peak < rss_goal
     partial = big.pairs_collected < big.pairs_total
-    rows.append(f"| RSS under {GOAL_RSS_BASE:g} MiB + {GOAL_RSS_PER_TARGET:g} MiB per target "
+    rows.append(f"| RSS under {GOAL_RSS_BASE:g} MiB + {GOAL_RSS_PER_TARGET:g} MiB per {u} "
                 f"at {at} ({rss_goal:,.0f} MiB) | peak {big.rss_peak:,.1f} MiB, median "
                 f"{big.rss_median:,.1f} in the window"
+                + (f" ({(big.rss_peak - GOAL_RSS_BASE) / big.dbs:,.2f} MiB per database "
+                   f"above {GOAL_RSS_BASE:g} at the peak)" if inst else "")
                 + (f" (only {big.pairs_collected:,} of {big.pairs_total:,} target/collector "
                    "pairs had collected: the full snapshot would be larger)" if partial else "")
                 + f" | {'**no**' if not ok_rss else 'inconclusive' if partial else 'yes'} |")
+    probe_of = (f" (each target: about {big.dbs / big.targets:,.0f} databases, "
+                f"{big.series / big.targets:,.0f} series)" if inst else "")
     if big.probe == "available":
         p99 = max(big.latency[k]["p99"] for k in PROBE_VARIANTS)
         ok_probe: bool | None = p99 < GOAL_PROBE_P99_MS
         rows.append(f"| `/probe` p99 under {GOAL_PROBE_P99_MS:g} ms at {at} | "
                     + ", ".join(f"{k} {big.latency[k]['p99']:,.2f} ms" for k in PROBE_VARIANTS)
-                    + f" | {met(bool(ok_probe))} |")
+                    + f"{probe_of} | {met(bool(ok_probe))} |")
     else:
         ok_probe = None
         rows.append(f"| `/probe` p99 under {GOAL_PROBE_P99_MS:g} ms at {at} | {big.probe} | "
@@ -871,16 +1213,43 @@ def goals(results: Sequence[SizeResult]) -> tuple[list[str], list[str]]:
                 "variant | " + ", ".join(f"{k} {big.latency[k]['p99']:,.1f} ms (n = "
                                          f"{big.latency[k]['n']:g})" for k in VARIANTS)
                 + f" | {met(ok_metrics)} |")
-    ok_bound = all(r.conns_max <= r.targets for r in results)
-    rows.append("| Never more connections than the bound (one per target today) | "
-                + "; ".join(f"{r.targets}: max {r.conns_max}" for r in results)
-                + f" | {met(ok_bound)} |")
+    if inst:
+        ok_bound = all(r.conns_max <= r.bound and max(r.conns_per_instance_max, default=0)
+                       <= r.conn_bound_per_instance for r in results)
+        rows.append(f"| Never more connections than the bound ({big.conn_bound_per_instance} "
+                    "per instance, `max_connections`) | "
+                    + "; ".join(f"{size_name(r)}: max {r.conns_max} of {r.bound}, per "
+                                f"instance {'/'.join(str(c) for c in r.conns_per_instance_max)}"
+                                for r in results) + f" | {met(ok_bound)} |")
+    else:
+        ok_bound = all(r.conns_max <= r.targets for r in results)
+        rows.append("| Never more connections than the bound (one per target today) | "
+                    + "; ".join(f"{r.targets}: max {r.conns_max}" for r in results)
+                    + f" | {met(ok_bound)} |")
     ok_leak = all(r.conns_after_stop == 0 for r in results)
     rows.append("| No connection left after the targets are removed (agent stopped) | "
-                + "; ".join(f"{r.targets}: {r.conns_after_stop} after {r.conns_gone_s:.1f} s"
+                + "; ".join(f"{r.dbs}: {r.conns_after_stop} after {r.conns_gone_s:.1f} s"
                             for r in results) + f" | {met(ok_leak)} |")
 
-    if not ok_cpu or not ok_lin:
+    if (not ok_cpu or not ok_lin) and inst:
+        runs = "; ".join(f"{size_name(r)}: {r.cpu_ms_per_run:,.0f} ms" for r in results)
+        busy = []
+        for r in results:
+            total = sum(r.wall_sum_ms.values())
+            top = sorted(r.wall_sum_ms.items(), key=lambda kv: -kv[1])[:3]
+            if total > 0:
+                busy.append(f"{size_name(r)}: " + ", ".join(
+                    f"{c} {ms / total * 100:.0f}% ({r.done.get(c, 0):,} runs, median "
+                    f"{r.wall_ms.get(c, float('nan')):,.0f} ms)" for c, ms in top))
+        why.append(
+            f"- **CPU per database / linearity.** CPU per collection: {runs} (the agent's "
+            "CPU in the window / the collections it did; a per-database collector's run "
+            "walks every database of its target, so its cost grows with the databases per "
+            "instance while the runs due per hour do not). Wall time of the collections in "
+            "the window by collector (the largest shares; wall time includes the database's "
+            "and the connections' time, not only the agent's CPU): "
+            + ("; ".join(busy) or "none recorded") + ".")
+    elif not ok_cpu or not ok_lin:
         runs = "; ".join(f"{r.targets}: {r.cpu_ms_per_run:,.0f} ms" for r in results)
         render = "; ".join(f"{r.targets}: {r.render_ms.get('total', float('nan')):,.0f} ms "
                            f"({r.series:,} series)" for r in results)
@@ -902,7 +1271,7 @@ def goals(results: Sequence[SizeResult]) -> tuple[list[str], list[str]]:
             "also rebuilds its family list and health score per render, not in it).")
     if sat:
         why.append("- **Saturation: the agent could not keep up.** " + "; ".join(
-            f"{tg(r.targets)}: {r.runs:,} collections done in the window of "
+            f"{size_name(r)}: {r.runs:,} collections done in the window of "
             f"{r.due_total:,.0f} due ({r.runs / r.due_total * 100:.0f}%), {r.skipped:,} runs "
             f"skipped as still queued, {r.pairs_collected:,} of {r.pairs_total:,} "
             f"target/collector pairs had ever succeeded, agent CPU "
@@ -916,23 +1285,25 @@ def goals(results: Sequence[SizeResult]) -> tuple[list[str], list[str]]:
             "snapshot renders slower). Those sizes never reached a steady state in this "
             "run.")
     if ok_rss and partial:
-        why.append(f"- **RSS (inconclusive).** {big.rss_peak:,.1f} MiB at {tg(big.targets)} "
+        why.append(f"- **RSS (inconclusive).** {big.rss_peak:,.1f} MiB at {size_name(big)} "
                    f"is under {rss_goal:,.0f} MiB only because the snapshot held "
                    f"{big.pairs_collected:,} of {big.pairs_total:,} target/collector pairs' "
                    f"results ({big.series:,} series); "
-                   + "; ".join(f"{tg(r.targets)}: {r.rss_peak:,.1f} MiB for {r.series:,} "
+                   + "; ".join(f"{size_name(r)}: {r.rss_peak:,.1f} MiB for {r.series:,} "
                                f"series" + (" (complete)" if r.pairs_collected == r.pairs_total
                                             else "") for r in results) + ".")
     if not ok_rss:
-        why.append(f"- **RSS.** {big.rss_peak:,.1f} MiB at {tg(big.targets)} against "
+        why.append(f"- **RSS.** {big.rss_peak:,.1f} MiB at {size_name(big)} against "
                    f"{rss_goal:,.0f}: the snapshot holds {big.series:,} series "
-                   f"({big.series / big.targets:,.0f} per target) as client_python objects, "
+                   f"({big.series / big.dbs:,.0f} per {u}"
+                   + (f", {big.series / big.targets:,.0f} per target" if inst else "")
+                   + ") as client_python objects, "
                    "plus each rendered variant cached "
                    f"({big.body_bytes / 2**20:,.1f} MiB of plain text alone); "
                    f"{big.threads_max} threads.")
     if not ok_metrics:
         why.append(
-            f"- **/metrics p99.** At {tg(big.targets)} the exposition is "
+            f"- **/metrics p99.** At {size_name(big)} the exposition is "
             f"{big.series:,} series ({big.body_bytes / 2**20:,.1f} MiB as text); a scrape "
             "that arrives after a collection changed the snapshot waits on the exposition "
             "lock behind the collecting threads' re-renders, or re-renders itself, and with "
@@ -941,23 +1312,59 @@ def goals(results: Sequence[SizeResult]) -> tuple[list[str], list[str]]:
             f"as Prometheus would scrape (every 15 s), the p50 was "
             f"{big.paced.get('p50', float('nan')):,.0f} ms.")
     if ok_probe is False:
-        why.append(f"- **/probe p99** above {GOAL_PROBE_P99_MS:g} ms at {tg(big.targets)}.")
-    if not ok_bound:
+        why.append(f"- **/probe p99** above {GOAL_PROBE_P99_MS:g} ms at {size_name(big)}"
+                   f"{probe_of}.")
+    if not ok_bound and inst:
+        why.append("- **Connections above the bound**: "
+                   + "; ".join(f"{size_name(r)}: {r.conns_max} of {r.bound}, per instance "
+                               f"{'/'.join(str(c) for c in r.conns_per_instance_max)}"
+                               for r in results) + ".")
+    elif not ok_bound:
         why.append("- **Connections above one per target**: "
                    + "; ".join(f"{r.targets}: {r.conns_max}" for r in results
                                if r.conns_max > r.targets) + ".")
     if not ok_leak:
         why.append("- **Connections left after the stop**: "
-                   + "; ".join(f"{r.targets}: {r.conns_after_stop}" for r in results
+                   + "; ".join(f"{r.dbs}: {r.conns_after_stop}" for r in results
                                if r.conns_after_stop) + ".")
     return rows, why
 
 
 def section(label: str, results: list[SizeResult], meta: dict[str, Any]) -> str:
     a = meta
+    inst = a.get("targets_are") == "instances"
+    if inst:
+        agent = (
+            "- Agent: `python -m hiw_monitor run --config FILE --listen 127.0.0.1:<port> "
+            "--log-format json`, **one target per instance** (`--targets-are instances`) "
+            "holding any of the databases watched (host, port, dbname `heroes_in_waiting`, "
+            "user `hiw_monitor`, `password_file`, and `databases: {include: [...]}` listing "
+            "the exact names of that instance's share of the N databases watched, taken "
+            "round-robin over the instances as in the default mode; `max_connections` left "
+            f"at the agent's default, {a.get('max_connections')} per instance), so a size "
+            "is the databases watched; the per-database collectors ("
+            + ", ".join(a.get("per_database", [])) + ") walk the target's databases one at "
+            "a time with a `datname` label, the others run once per instance; default "
+            "collectors and intervals ("
+            + ", ".join(f"{k} {v:g} s" for k, v in a["collectors"].items())
+            + "). A new agent per size. Per-database figures divide by the databases "
+            "watched, per-target ones by the targets (instances); collections due are per "
+            "target (one per-database run walks all of its target's databases).")
+    else:
+        agent = (
+            "- Agent: `python -m hiw_monitor run --config FILE --listen 127.0.0.1:<port> "
+            "--log-format json`, one target per database (host, port, dbname, user "
+            "`hiw_monitor`, `password_file`), targets round-robin over the instances, default "
+            "collectors and intervals ("
+            + ", ".join(f"{k} {v:g} s" for k, v in a["collectors"].items())
+            + "). A new agent per size.")
     lines = [
         f"## {label}",
         "",
+        f"- Mode: `--targets-are {a.get('targets_are', 'databases')}`: "
+        + ("one target per PostgreSQL instance, walking its share of the databases watched; "
+           "sizes are databases watched" if inst else
+           "one target per database watched (the default)"),
         f"- Date: {a['date']}; the whole run took {a['elapsed_min']:.1f} min",
         f"- Command: `{a['command']}`",
         f"- Code: hiw-monitor {a['git']}" + (
@@ -977,12 +1384,7 @@ def section(label: str, results: list[SizeResult], meta: dict[str, Any]) -> str:
         "database of the instance even when the agent watches one); pgbench "
         f"`-R {a['pgbench_rate']:g} -c 1` with bench/peer.py's HiW script on "
         "each instance's `heroes_in_waiting` throughout.",
-        "- Agent: `python -m hiw_monitor run --config FILE --listen 127.0.0.1:<port> "
-        "--log-format json`, one target per database (host, port, dbname, user "
-        "`hiw_monitor`, `password_file`), targets round-robin over the instances, default "
-        "collectors and intervals ("
-        + ", ".join(f"{k} {v:g} s" for k, v in a["collectors"].items())
-        + "). A new agent per size.",
+        agent,
         f"- Window: {a['window']:g} s per size, starting {a['offset']:g} s after the agent "
         f"started (or {SETTLE:g} s after every pair's first run, if later; the wait for the "
         f"first runs is bounded by {a['warmup_timeout']:g} s), one /metrics scrape every "
@@ -991,8 +1393,7 @@ def section(label: str, results: list[SizeResult], meta: dict[str, Any]) -> str:
         "### Per size",
         "",
     ]
-    head = "| | " + " | ".join(f"{r.targets} target{'s' if r.targets > 1 else ''}"
-                                 for r in results) + " |"
+    head = "| | " + " | ".join(size_name(r) for r in results) + " |"
     lines += [head, "|---|" + "---:|" * len(results)]
     first = results[0]
 
@@ -1006,38 +1407,88 @@ def section(label: str, results: list[SizeResult], meta: dict[str, Any]) -> str:
                 else "n/a"
         return f"{q['p50']:,.{digits}f} / {q['p99']:,.{digits}f} ({q['n']:g})"
 
-    row("Targets per instance", lambda r: "/".join(str(x) for x in r.per_instance))
+    if inst:
+        row("Databases watched per instance (one target per instance with any)",
+            lambda r: "/".join(str(x) for x in r.per_instance))
+    else:
+        row("Targets per instance", lambda r: "/".join(str(x) for x in r.per_instance))
     row("Agent CPU, s per hour (measured)", lambda r: fmt(r.cpu_h, 0))
-    row("**Agent CPU per target, s per hour (measured)**",
-        lambda r: f"**{fmt(r.cpu_h_per_target)}**")
-    row(f"Measured CPU per target vs {first.targets} target(s)",
-        lambda r: f"{r.cpu_h_per_target / first.cpu_h_per_target:,.1f}x")
+    if inst:
+        row("**Agent CPU per database watched, s per hour (measured)**",
+            lambda r: f"**{fmt(r.cpu_h_per_db)}**")
+        row(f"Measured CPU per database vs {dbs(first.dbs)}",
+            lambda r: f"{r.cpu_h_per_db / first.cpu_h_per_db:,.1f}x")
+        row("Agent CPU per target (instance), s per hour (measured)",
+            lambda r: fmt(r.cpu_h_per_target))
+    else:
+        row("**Agent CPU per target, s per hour (measured)**",
+            lambda r: f"**{fmt(r.cpu_h_per_target)}**")
+        row(f"Measured CPU per target vs {first.targets} target(s)",
+            lambda r: f"{r.cpu_h_per_target / first.cpu_h_per_target:,.1f}x")
     row("Agent CPU, share of one core", lambda r: f"{r.cpu_s / r.window_s * 100:,.0f}%")
     row("Collections done / due in the window",
         lambda r: f"{r.runs:,} / {r.due_total:,.0f} ({r.runs / r.due_total * 100:.0f}%)")
     row("Kept up with the schedule (>= 90% of due done)",
         lambda r: "no" if r.saturated else "yes")
     row("CPU per collection, ms", lambda r: fmt(r.cpu_ms_per_run, 0))
-    row("**CPU per target projected at default intervals** (CPU per collection x due), s/h",
-        lambda r: f"**{fmt(r.projected_h_per_target, 0 if r.saturated else 1)}**")
+    if inst:
+        row("**CPU per database watched projected at default intervals** (CPU per "
+            "collection x due / databases), s/h",
+            lambda r: f"**{fmt(r.projected_h_per_db, 0 if r.saturated else 1)}**")
+        row("CPU per target (instance) projected at default intervals, s/h",
+            lambda r: fmt(r.projected_h_per_target, 0 if r.saturated else 1))
+    else:
+        row("**CPU per target projected at default intervals** (CPU per collection x due), "
+            "s/h", lambda r: f"**{fmt(r.projected_h_per_target, 0 if r.saturated else 1)}**")
+    if any(r.once for r in results):
+        row("CPU the window did not see: collectors without a run in it, one `once` run "
+            "each (baseline off) x its runs per hour, s/h",
+            lambda r: f"{r.unseen_h:,.1f} ({', '.join(r.unseen) or 'none'})" if r.once
+            else "n/a")
+        row(f"**CPU per {unit(first)}{' watched' if inst else ''} at default intervals "
+            "with those** (measured or projected + not seen), s/h",
+            lambda r: f"**{fmt(r.full_h_per_db)}**")
     row("Runs skipped (still queued) in the window", lambda r: f"{r.skipped:,}")
     row("Failed collections in the window", lambda r: f"{sum(r.failed.values()):,}")
     row("Target/collector pairs that had succeeded by the series scrape",
         lambda r: f"{r.pairs_collected:,} / {r.pairs_total:,}")
     row("RSS median in the window / peak, MiB",
         lambda r: f"{r.rss_median:,.1f} / {r.rss_peak:,.1f}")
+    if inst:
+        row(f"RSS goal ({GOAL_RSS_BASE:g} + {GOAL_RSS_PER_TARGET:g} per database) / peak "
+            f"above {GOAL_RSS_BASE:g} MiB per database, MiB",
+            lambda r: f"{GOAL_RSS_BASE + GOAL_RSS_PER_TARGET * r.dbs:,.0f} / "
+                      f"{(r.rss_peak - GOAL_RSS_BASE) / r.dbs:,.2f}")
     row("Threads median / max (max minus targets)",
         lambda r: f"{r.threads_median:g} / {r.threads_max} ({r.threads_max - r.targets})")
-    row("Connections max / at window end (bound: 1 per target)",
-        lambda r: f"{r.conns_max} / {r.conns_end}")
+    if inst:
+        row("Connections max / at window end (bound: "
+            f"{first.conn_bound_per_instance} per instance, `max_connections`)",
+            lambda r: f"{r.conns_max} / {r.conns_end} (bound {r.bound})")
+        row("Connections max per instance", lambda r: "/".join(
+            str(c) for c in r.conns_per_instance_max))
+        row(f"Connections sampled every {FAST_CONN_EVERY:g} s in the window",
+            lambda r: r.conns_fast or "n/a")
+        row("Connections held per database watched (max / databases)",
+            lambda r: f"{r.conns_max / r.dbs:,.3f}")
+    else:
+        row("Connections max / at window end (bound: 1 per target)",
+            lambda r: f"{r.conns_max} / {r.conns_end}")
     row(f"Connections left after stop (polled up to {CONN_GONE_TIMEOUT:g} s)",
         lambda r: f"{r.conns_after_stop}")
+    if inst:
+        row("DB exec time per database watched, ms per minute",
+            lambda r: fmt(r.db_ms_per_db_min, 1))
     row("DB exec time per target, ms per minute", lambda r: fmt(r.db_ms_per_target_min, 1))
     row("DB plan time, all targets, ms per minute",
         lambda r: fmt(r.db_plan_ms / (r.window_s / 60), 1))
     row("Statement calls in the window (distinct)",
         lambda r: f"{r.db_calls:,} ({r.db_statements:,})")
-    row("Series / per target", lambda r: f"{r.series:,} / {r.series / r.targets:,.0f}")
+    if inst:
+        row("Series / per database watched / per target",
+            lambda r: f"{r.series:,} / {r.series / r.dbs:,.0f} / {r.series / r.targets:,.0f}")
+    else:
+        row("Series / per target", lambda r: f"{r.series:,} / {r.series / r.targets:,.0f}")
     row("Exposition, plain text bytes", lambda r: f"{r.body_bytes:,}")
     for key in VARIANTS:
         row(f"`/metrics` {key}, p50 / p99 ms (n)", functools.partial(lat, k=key, digits=1))
@@ -1047,6 +1498,9 @@ def section(label: str, results: list[SizeResult], meta: dict[str, Any]) -> str:
     for key in PROBE_VARIANTS:
         row(f"`/probe` {key.split(' ', 1)[1]}, p50 / p99 ms (n)",
             functools.partial(lat, k=key, digits=2))
+    if inst:
+        row("`/probe` answers one target: its databases / series (about)",
+            lambda r: f"{r.dbs / r.targets:,.0f} / {r.series / r.targets:,.0f}")
     row("One full re-render in the bench process (text + OpenMetrics + gzip), CPU ms",
         lambda r: fmt(r.render_ms.get("total", float("nan")), 0))
     row("Wait for the first runs, s",
@@ -1063,12 +1517,15 @@ def section(label: str, results: list[SizeResult], meta: dict[str, Any]) -> str:
         "",
         "Total CPU per hour: measured where the agent kept up, projected where it did not.",
         "",
-        "| From | To | Total CPU at To, s/h | Marginal CPU per added target, s/h | Growth "
-        "exponent (log CPU / log targets; 1 = linear, 2 = quadratic) |",
+        f"| From | To | Total CPU at To, s/h | Marginal CPU per added {unit(first)}, s/h | "
+        f"Growth exponent (log CPU / log {unit(first)}s; 1 = linear, 2 = quadratic) |",
         "|---:|---:|---:|---:|---:|",
     ]
+    if inst:
+        lines[-2:-2] = ["From and To are databases watched (the targets are the instances "
+                        "holding them).", ""]
     for x, y in itertools.pairwise(results):
-        lines.append(f"| {x.targets} | {y.targets} | {total_h(y):,.0f}"
+        lines.append(f"| {x.dbs} | {y.dbs} | {total_h(y):,.0f}"
                      f"{' (projected)' if y.saturated else ''} | {marginal(x, y):,.1f} | "
                      f"{growth_exponent(x, y):.2f} |")
     lines += ["", "```", *ascii_chart(results), "```", ""]
@@ -1078,9 +1535,16 @@ def section(label: str, results: list[SizeResult], meta: dict[str, Any]) -> str:
     lines += [
         "### Collections in the window (done / due, median wall time ms)",
         "",
-        "| Collector | Interval (s) | " + " | ".join(str(r.targets) for r in results) + " |",
+        "| Collector | Interval (s) | " + " | ".join(
+            f"{r.dbs} ({r.targets})" if inst else str(r.targets) for r in results) + " |",
         "|---|---:|" + "---:|" * len(results),
     ]
+    if inst:
+        lines[-2:-2] = ["Columns: databases watched (targets). Due and done count runs per "
+                        "target; a run of a per-database collector ("
+                        + ", ".join(a.get("per_database", [])) + ") walks every database "
+                        "of its target, so its wall time grows with the databases per "
+                        "instance.", ""]
     for name, interval in a["collectors"].items():
         lines.append(f"| {name} | {interval:g} | " + " | ".join(
             f"{r.done.get(name, 0):,} / {r.due.get(name, 0):,.0f}, "
@@ -1095,31 +1559,81 @@ def section(label: str, results: list[SizeResult], meta: dict[str, Any]) -> str:
                   f"intervals ({share * 100:.1f}%), so their own cost is not in the measured "
                   "CPU and database time (the projection counts their runs at the window's "
                   "CPU per collection)."]
+    if any(r.once for r in results):
+        lines += ["", "### One run of each collector (`--once-costs`)", "",
+                  "After each size's agent stopped: `hiw-monitor once --config FILE "
+                  "--collector NAME`, one process per collector, every target of the size "
+                  "(one run each, sequential), its CPU (utime + stime from wait4) and wall "
+                  f"time. The `{ONCE_BASELINE}` run (best of three) is the baseline: "
+                  "interpreter start-up, imports, config, connecting to each target, the "
+                  "cheapest collector and one render; a collector's cost is its CPU minus "
+                  "that. The agent runs the same code, but its own connection stays open "
+                  "between runs (a `once` connects anew), so these are upper bounds for the "
+                  "instance-wide collectors; per-database connections are opened for each "
+                  "run by the agent too. Cells: CPU above the baseline / wall, ms.", "",
+                  "| Collector | Interval (s) | " + " | ".join(
+                      f"{r.dbs} ({r.targets})" if inst else str(r.targets) for r in results)
+                  + " |", "|---|---:|" + "---:|" * len(results)]
+        for name, interval in a["collectors"].items():
+            lines.append(f"| {name} | {interval:g} | " + " | ".join(
+                (f"{r.once_run_ms(name):,.0f} / {r.once[name][1]:,.0f}"
+                 + (f" (exit {r.once[name][2]:g})" if r.once[name][2] else ""))
+                if name in r.once else "n/a" for r in results) + " |")
+        lines.append(f"| baseline (`{ONCE_BASELINE}`), CPU best / worst of three | | "
+                     + " | ".join(f"{r.once['_baseline'][0]:,.0f} / "
+                                  f"{r.once['_baseline'][1]:,.0f}" if "_baseline" in r.once
+                                  else "n/a" for r in results) + " |")
+        lines += ["", "The baseline's spread (worst minus best) is the noise of one such "
+                  "figure; the best is taken off, so the costs lean high."]
+    profiled = [r for r in results if r.profile.get("samples")]
+    if profiled:
+        lines += ["", "### Where the agent's CPU went (py-spy, in the window)", "",
+                  f"`py-spy record --nonblocking --rate {PY_SPY_RATE}` on the agent for the "
+                  "window (idle threads left out, so a share is of the samples where a "
+                  "thread was running Python, not of the CPU seconds exactly); functions "
+                  "by samples with them on the stack (inclusive) and as the leaf (self). "
+                  "Thread and server plumbing frames are left out of the inclusive list.", ""]
+        for r in profiled:
+            total = r.profile["samples"]
+            lines += [f"**{size_name(r)}** ({total:,} samples)", "",
+                      "| Inclusive | Function | Self | Function |", "|---:|---|---:|---|"]
+            inc, own = r.profile.get("inclusive", []), r.profile.get("self", [])
+            for i in range(max(len(inc), len(own))):
+                a_ = (f"{inc[i][0] / total * 100:.1f}%", f"`{inc[i][1]}`") if i < len(inc) \
+                    else ("", "")
+                b_ = (f"{own[i][0] / total * 100:.1f}%", f"`{own[i][1]}`") if i < len(own) \
+                    else ("", "")
+                lines.append(f"| {a_[0]} | {a_[1]} | {b_[0]} | {b_[1]} |")
+            lines.append("")
+    for r in results:
+        if r.profile.get("error"):
+            lines += ["", f"py-spy at {size_name(r)} failed: {r.profile['error']}"]
     lines += ["", "### The agent's most expensive statements in the window", "",
               "Top-level entries of role `hiw_monitor`, summed over databases and instances "
               "by text.", "",
-              "| Targets | DB exec ms in window | Calls | Statement (start) |",
+              f"| {'Databases' if inst else 'Targets'} | DB exec ms in window | Calls | "
+              "Statement (start) |",
               "|---:|---:|---:|---|"]
     for r in results:
         for ms, calls, text in r.top_statements[:3]:
             cell = text.replace("|", "/").replace("`", "'")
-            lines.append(f"| {r.targets} | {ms:,.0f} | {calls:,} | `{cell}` |")
+            lines.append(f"| {r.dbs} | {ms:,.0f} | {calls:,} | `{cell}` |")
     notes = []
     for r in results:
         if r.problems:
-            notes.append(f"- {tg(r.targets)}, warnings/errors in the agent's log: "
+            notes.append(f"- {size_name(r)}, warnings/errors in the agent's log: "
                          + "; ".join(r.problems))
         if r.dealloc:
-            notes.append(f"- {tg(r.targets)}: pg_stat_statements evicted {r.dealloc} "
+            notes.append(f"- {size_name(r)}: pg_stat_statements evicted {r.dealloc} "
                          "entries in the window (database time undercounted)")
         if r.probe != "available":
-            notes.append(f"- {tg(r.targets)}: `/probe` {r.probe} "
+            notes.append(f"- {size_name(r)}: `/probe` {r.probe} "
                          f"({', '.join(f'{k}: {v}' for k, v in r.probe_status.items())})")
         if r.exit_code is None or r.exit_code < 0:
-            notes.append(f"- {tg(r.targets)}: the agent had not exited {r.stop_s:.0f} s "
+            notes.append(f"- {size_name(r)}: the agent had not exited {r.stop_s:.0f} s "
                          f"after SIGTERM and was killed (exit {r.exit_code}); its connections "
                          f"were gone {r.conns_gone_s:.1f} s later (closed with the process)")
-        notes += [f"- {tg(r.targets)}: {n}" for n in r.notes]
+        notes += [f"- {size_name(r)}: {n}" for n in r.notes]
     notes += [f"- {n}" for n in a.get("notes", [])]
     lines += ["", "### Also seen", ""] + (notes or ["Nothing else."]) + [""]
     lines += [
@@ -1156,6 +1670,14 @@ def section(label: str, results: list[SizeResult], meta: dict[str, Any]) -> str:
         "asked for after each collection, so the variants asked after the window add to "
         "its CPU then (not inside the window).",
         "- **Series**: sample lines of one plain-text /metrics after the window.",
+        *(["- **Targets are instances**: per database watched = the figure / the databases "
+           "watched (the size); per target = / the targets (instances with any of them). "
+           "Connections are counted per instance too, against `max_connections` per "
+           "instance, and besides the 5 s samples a thread of the bench counts them every "
+           f"{FAST_CONN_EVERY:g} s through the window on connections of its own (a "
+           "per-database connection is open only while its database is collected); the "
+           "maxima include those samples. `/probe` cycles over the (few) targets, each "
+           "answering all of its databases' series."] if inst else []),
         "- **Re-render estimate**: that plain text parsed with client_python's parser and "
         "rendered again with client_python (plain text, OpenMetrics, then gzip of the "
         "OpenMetrics bytes at level 6: what the agent's prerender does after each recorded "
@@ -1192,20 +1714,32 @@ def header(sections: list[tuple[str, str]]) -> str:
         "are as measured, goals missed included. To measure a change: `.venv/bin/python "
         "bench/fleet.py --label \"After ...\"` (the agent runs the working tree; "
         "`--code REV` runs a commit's `hiw_monitor/` instead, `--window 60 --offset 0 "
-        "--sizes 1,10` is a smoke test of a few minutes).",
+        "--sizes 1,10` is a smoke test of a few minutes; `--targets-are instances` gives "
+        "the agent one target per instance walking its share of the databases instead of "
+        "one target per database).",
         "",
-        "Goals: CPU per target at most 5 s/hour at default intervals; total CPU linear in "
-        "targets; RSS under 40 MiB + 1 MiB per target at 200 targets; `/probe` p99 under "
-        "5 ms and full `/metrics` p99 under 250 ms at 200 targets; never more connections "
-        "than the bound, none left after the targets are removed.",
+        "Goals: CPU per target (per database watched, with targets that are instances) at "
+        "most 5 s/hour at default intervals; total CPU linear in targets (databases "
+        "watched); RSS under 40 MiB + 1 MiB per target (database) at 200 targets "
+        "(databases); `/probe` p99 under 5 ms and full `/metrics` p99 under 250 ms at 200 "
+        "targets (databases); never more connections than the bound, none left after the "
+        "targets are removed.",
         "",
         "## Summary of the runs",
         "",
-        "| Run | Targets | CPU per target, measured (s/h) | Collections done / due | "
-        "CPU per target, projected at default intervals (s/h) | Peak RSS (MiB) | "
-        "`/metrics` p99, OpenMetrics + gzip (ms) | `/probe` p99 (ms) | Max connections | "
-        "Left after stop | DB exec ms per target per min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Targets are: `databases` (the default) is one target per database watched; "
+        "`instances` (`--targets-are instances`) is one target per PostgreSQL instance "
+        "walking its share of the databases watched (`databases: {include: [...]}`), so "
+        "there a size is the databases watched, and per-database figures divide by them. "
+        "The connection bound is 1 per target with `databases`, `max_connections` (2) per "
+        "instance with `instances`.",
+        "",
+        "| Run | Targets are | Databases watched | Targets | CPU per database, measured "
+        "(s/h) | CPU per target, measured (s/h) | Collections done / due | CPU per database, "
+        "projected at default intervals (s/h) | CPU per target, projected (s/h) | Peak RSS "
+        "(MiB) | `/metrics` p99, OpenMetrics + gzip (ms) | `/probe` p99 (ms) | Max "
+        "connections (bound) | Left after stop | DB exec ms per database per min |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, body in sections:
         parsed = section_data(body)
@@ -1215,11 +1749,13 @@ def header(sections: list[tuple[str, str]]) -> str:
             probe = [r.latency[k]["p99"] for k in PROBE_VARIANTS if r.latency.get(k)]
             om = r.latency.get("openmetrics+gzip")
             lines.append(
-                f"| {label} | {r.targets} | {r.cpu_h_per_target:,.1f} | "
-                f"{r.runs / r.due_total * 100:.0f}% | {r.projected_h_per_target:,.1f} | "
+                f"| {label} | {r.targets_are} | {r.dbs} | {r.targets} | "
+                f"{r.cpu_h_per_db:,.1f} | {r.cpu_h_per_target:,.1f} | "
+                f"{r.runs / r.due_total * 100:.0f}% | {r.projected_h_per_db:,.1f} | "
+                f"{r.projected_h_per_target:,.1f} | "
                 f"{r.rss_peak:,.1f} | {fmt(om['p99']) if om else 'n/a'} | "
-                f"{f'{max(probe):,.2f}' if probe else 'n/a'} | {r.conns_max} | "
-                f"{r.conns_after_stop} | {r.db_ms_per_target_min:,.1f} |")
+                f"{f'{max(probe):,.2f}' if probe else 'n/a'} | {r.conns_max} ({r.bound}) | "
+                f"{r.conns_after_stop} | {r.db_ms_per_db_min:,.1f} |")
     return "\n".join(lines) + "\n\n"
 
 
@@ -1327,7 +1863,8 @@ def run(args: argparse.Namespace) -> tuple[list[SizeResult], dict[str, Any]]:
             monitor = Monitor(clusters)
             for n in sizes:
                 results.append(measure_size(n, fleet, monitor, tmp, password_file,
-                                            collectors, code, args))
+                                            collectors, code, args,
+                                            facts.get("max_connections")))
         finally:
             if monitor is not None:
                 monitor.close()
@@ -1352,6 +1889,8 @@ def run(args: argparse.Namespace) -> tuple[list[SizeResult], dict[str, Any]]:
         "collectors": collectors, "window": args.window, "offset": args.offset,
         "scrapes": args.scrapes, "latency_budget": args.latency_budget,
         "warmup_timeout": args.warmup_timeout, "notes": list(args.note),
+        "targets_are": args.targets_are, "per_database": facts.get("per_database", []),
+        "max_connections": facts.get("max_connections"),
     }
     return results, meta
 
@@ -1369,6 +1908,12 @@ def main() -> int:
                              "smoke test")
     parser.add_argument("--instances", type=int, default=3,
                         help="PostgreSQL instances (default 3)")
+    parser.add_argument("--targets-are", choices=("databases", "instances"),
+                        default="databases",
+                        help="databases (default): one target per database watched; "
+                             "instances: one target per instance, whose databases: include "
+                             "lists its share of the databases watched (a size is still the "
+                             "databases watched)")
     parser.add_argument("--warmup-timeout", type=float, default=180.0, metavar="SECONDS",
                         help="longest wait for every (target, collector) first run "
                              "(default 180)")
@@ -1380,6 +1925,15 @@ def main() -> int:
                         help="pgbench transactions per second per instance (default 5)")
     parser.add_argument("--setup-timeout", type=float, default=900.0, metavar="SECONDS",
                         help="time to create the instances and databases at most")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="PATH",
+                        help="profile the agent in each window with this py-spy executable "
+                             f"(record --nonblocking, {PY_SPY_RATE} Hz) and report where its "
+                             "CPU went")
+    parser.add_argument("--once-costs", action="store_true",
+                        help="after each size's agent stopped, run each collector once "
+                             "(hiw-monitor once --collector NAME, one process each) and "
+                             "measure its CPU, to add the collectors that had no run in the "
+                             "window to the CPU per hour")
     parser.add_argument("--code", metavar="REV", default=None,
                         help="run the agent from a git archive of REV's hiw_monitor/ (e.g. "
                              "HEAD) instead of the working tree, which others may be editing")
@@ -1418,9 +1972,10 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     put_section(args.out, args.label, section(args.label, results, meta))
     for r in results:
-        print(f"{r.targets:>4} targets: CPU {r.cpu_h:8,.0f} s/h ({r.cpu_h_per_target:6,.1f} per "
-              f"target), RSS peak {r.rss_peak:7,.1f} MiB, conns max {r.conns_max}, after stop "
-              f"{r.conns_after_stop}, series {r.series:,}, /metrics OM+gzip p99 "
+        print(f"{r.dbs:>4} databases, {r.targets:>3} targets: CPU {r.cpu_h:8,.0f} s/h "
+              f"({r.cpu_h_per_db:6,.1f} per database, {r.cpu_h_per_target:6,.1f} per target), "
+              f"RSS peak {r.rss_peak:7,.1f} MiB, conns max {r.conns_max} (bound {r.bound}), "
+              f"after stop {r.conns_after_stop}, series {r.series:,}, /metrics OM+gzip p99 "
               f"{r.latency['openmetrics+gzip']['p99']:,.1f} ms, probe: {r.probe}")
     print(f"wrote {args.out} (section {args.label!r}) in {meta['elapsed_min']:.1f} min")
     return 0
