@@ -374,6 +374,9 @@ _SUFFIXES = ("_created", "_gcount", "_gsum")
 # /probe of a target whose records changed evaluates them again at most this often, so
 # a Prometheus probing 200 targets does not evaluate them at every probe
 PROBE_DERIVED_EVERY = 5.0  # seconds
+# a /probe body larger than this (bytes, plain) is gzipped from cached chunks (_Gzip), a
+# smaller one whole (cheaper than the bookkeeping)
+PROBE_CHUNKED_ABOVE = 4 * 65536
 _CHUNK = 65536  # bytes of the body deflated together, about (see _Gzip) ...
 _WINDOW = 32768  # ... and at least: deflate's window
 
@@ -757,6 +760,9 @@ class Exposition:
         # (Prometheus: OpenMetrics) from the start
         self._formats: set[bool] = {True}
         self._served: dict[tuple[str | None, bool, bool], tuple[tuple[object, ...], Rendered]] = {}
+        # /probe of a large target: its gzip chunks, and the last plain size of each probe
+        self._probe_gzip: dict[tuple[str, bool], _Gzip] = {}
+        self._probe_bytes: dict[tuple[str, bool], int] = {}
         self._assembly_of: dict[bool, _Assembly] = {}  # /metrics, per format
         self._pruned: tuple[str, ...] = ()  # the targets _served was last pruned for
         if prerender:
@@ -1085,10 +1091,17 @@ class Exposition:
                 runs = assembly.runs(parts, openmetrics_format)
                 # gzip: from chunks compressed once
                 body = assembly.gzip.body(runs) if gzipped else _joined(runs)
-            else:  # one target: small, compressed whole
+            elif gzipped and self._probe_bytes.get((target, openmetrics_format), 0) \
+                    > PROBE_CHUNKED_ABOVE:
+                # one large target (an instance with many databases): from chunks
+                # compressed once, like /metrics
+                zipper = self._probe_gzip.setdefault((target, openmetrics_format), _Gzip())
+                body = zipper.body(_runs_of(parts, openmetrics_format))
+            else:  # one target: compressed whole when small
                 plain = self._served.get((target, openmetrics_format, False))
                 body = plain[1].body if plain is not None and plain[0] == key \
                     else _joined(_runs_of(parts, openmetrics_format))
+                self._probe_bytes[(target, openmetrics_format)] = len(body)
                 if gzipped:
                     body = gzip.compress(body, compresslevel=6, mtime=0)
             rendered = Rendered(body, content_type, gzipped)
@@ -1098,6 +1111,10 @@ class Exposition:
                 self._pruned = names
                 for old in [k for k in self._served if k[0] is not None and k[0] not in names]:
                     del self._served[old]
+                for gone in [k for k in self._probe_gzip if k[0] not in names]:
+                    del self._probe_gzip[gone]
+                for gone in [k for k in self._probe_bytes if k[0] not in names]:
+                    del self._probe_bytes[gone]
             return rendered
 
     def get(self, *, openmetrics_format: bool = False, gzipped: bool = False) -> Rendered:

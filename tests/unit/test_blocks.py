@@ -376,6 +376,41 @@ def test_gzip_compresses_again_only_the_chunks_a_change_touches(small_chunks):
     assert b'hiw_t_alpha_gauge{db="db0",target="db15"} 9.0' in plain
 
 
+@pytest.mark.parametrize("openmetrics_format", [False, True])
+def test_a_large_probe_is_gzipped_from_chunks_compressed_once(openmetrics_format,
+                                                             small_chunks, monkeypatch):
+    """A target that is an instance with many databases has a large /probe body: gzipped
+    like /metrics, from chunks, the unchanged ones not compressed again."""
+    monkeypatch.setattr(exposition_module, "PROBE_CHUNKED_ABOVE", 4 * 8192)
+    store, clock = fleet(targets=2, collectors=tuple(f"c{n}" for n in range(40)))
+    expo = Exposition(store, clock)
+    first = expo.probe("db1", openmetrics_format=openmetrics_format, gzipped=True)
+    plain = expo.probe("db1", openmetrics_format=openmetrics_format)
+    assert first is not None
+    assert plain is not None
+    assert len(plain.body) > 8 * 8192
+    assert gzip.decompress(first.body) == plain.body  # the first one compressed whole
+    clock.now += 1  # a change: from now on from chunks
+    store.record_success("db1", "c5", collector_families("db1", "c5", 7.0), clock.now, 0.01)
+    again = expo.probe("db1", openmetrics_format=openmetrics_format, gzipped=True)
+    assert again is not None
+    assert gzip.decompress(again.body) == \
+        expo.probe("db1", openmetrics_format=openmetrics_format).body  # type: ignore[union-attr]
+    zipper = expo._probe_gzip[("db1", openmetrics_format)]
+    total, zipper.compressed = zipper.compressed, 0
+    assert total > 8
+    clock.now += 1
+    store.record_success("db1", "c20", collector_families("db1", "c20", 9.0), clock.now, 0.01)
+    changed = expo.probe("db1", openmetrics_format=openmetrics_format, gzipped=True)
+    assert changed is not None
+    assert 0 < zipper.compressed < total / 2
+    fresh = expo.probe("db1", openmetrics_format=openmetrics_format)
+    assert fresh is not None
+    assert gzip.decompress(changed.body) == fresh.body
+    assert zlib.decompress(changed.body, wbits=31) == fresh.body  # one streamable member
+    assert b'db="db0",target="db1"} 9.0' in fresh.body
+
+
 def test_crc_of_concatenated_chunks():
     rng = random.Random(7)
     data = bytes(rng.getrandbits(8) for _ in range(5000))
