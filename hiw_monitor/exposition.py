@@ -760,9 +760,8 @@ class Exposition:
         # (Prometheus: OpenMetrics) from the start
         self._formats: set[bool] = {True}
         self._served: dict[tuple[str | None, bool, bool], tuple[tuple[object, ...], Rendered]] = {}
-        # /probe of a large target: its gzip chunks, and the last plain size of each probe
+        # /probe of a large target: its gzip chunks
         self._probe_gzip: dict[tuple[str, bool], _Gzip] = {}
-        self._probe_bytes: dict[tuple[str, bool], int] = {}
         self._assembly_of: dict[bool, _Assembly] = {}  # /metrics, per format
         self._pruned: tuple[str, ...] = ()  # the targets _served was last pruned for
         if prerender:
@@ -1091,19 +1090,20 @@ class Exposition:
                 runs = assembly.runs(parts, openmetrics_format)
                 # gzip: from chunks compressed once
                 body = assembly.gzip.body(runs) if gzipped else _joined(runs)
-            elif gzipped and self._probe_bytes.get((target, openmetrics_format), 0) \
-                    > PROBE_CHUNKED_ABOVE:
-                # one large target (an instance with many databases): from chunks
-                # compressed once, like /metrics
-                zipper = self._probe_gzip.setdefault((target, openmetrics_format), _Gzip())
-                body = zipper.body(_runs_of(parts, openmetrics_format))
-            else:  # one target: compressed whole when small
-                plain = self._served.get((target, openmetrics_format, False))
-                body = plain[1].body if plain is not None and plain[0] == key \
-                    else _joined(_runs_of(parts, openmetrics_format))
-                self._probe_bytes[(target, openmetrics_format)] = len(body)
-                if gzipped:
-                    body = gzip.compress(body, compresslevel=6, mtime=0)
+            else:
+                runs = _runs_of(parts, openmetrics_format)
+                if gzipped and sum(run.size for run in runs) > PROBE_CHUNKED_ABOVE:
+                    # one large target (an instance with many databases): from chunks
+                    # compressed once, like /metrics
+                    zipper = self._probe_gzip.setdefault((target, openmetrics_format),
+                                                         _Gzip())
+                    body = zipper.body(runs)
+                else:  # one small target: compressed whole
+                    plain = self._served.get((target, openmetrics_format, False))
+                    body = plain[1].body if plain is not None and plain[0] == key \
+                        else _joined(runs)
+                    if gzipped:
+                        body = gzip.compress(body, compresslevel=6, mtime=0)
             rendered = Rendered(body, content_type, gzipped)
             self._served[(target, openmetrics_format, gzipped)] = (key, rendered)
             names = self._names
@@ -1113,8 +1113,6 @@ class Exposition:
                     del self._served[old]
                 for gone in [k for k in self._probe_gzip if k[0] not in names]:
                     del self._probe_gzip[gone]
-                for gone in [k for k in self._probe_bytes if k[0] not in names]:
-                    del self._probe_bytes[gone]
             return rendered
 
     def get(self, *, openmetrics_format: bool = False, gzipped: bool = False) -> Rendered:

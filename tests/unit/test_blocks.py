@@ -389,14 +389,9 @@ def test_a_large_probe_is_gzipped_from_chunks_compressed_once(openmetrics_format
     assert first is not None
     assert plain is not None
     assert len(plain.body) > 8 * 8192
-    assert gzip.decompress(first.body) == plain.body  # the first one compressed whole
-    clock.now += 1  # a change: from now on from chunks
-    store.record_success("db1", "c5", collector_families("db1", "c5", 7.0), clock.now, 0.01)
-    again = expo.probe("db1", openmetrics_format=openmetrics_format, gzipped=True)
-    assert again is not None
-    assert gzip.decompress(again.body) == \
-        expo.probe("db1", openmetrics_format=openmetrics_format).body  # type: ignore[union-attr]
+    assert gzip.decompress(first.body) == plain.body  # from chunks from the first probe
     zipper = expo._probe_gzip[("db1", openmetrics_format)]
+    assert ("db0", openmetrics_format) not in expo._probe_gzip  # not probed
     total, zipper.compressed = zipper.compressed, 0
     assert total > 8
     clock.now += 1
@@ -409,6 +404,15 @@ def test_a_large_probe_is_gzipped_from_chunks_compressed_once(openmetrics_format
     assert gzip.decompress(changed.body) == fresh.body
     assert zlib.decompress(changed.body, wbits=31) == fresh.body  # one streamable member
     assert b'db="db0",target="db1"} 9.0' in fresh.body
+    # a small target's probe is compressed whole: no chunks kept for it
+    small, _ = fleet(targets=1, collectors=("alpha",))
+    other = Exposition(small, clock)
+    zipped = other.probe("db0", openmetrics_format=openmetrics_format, gzipped=True)
+    unzipped = other.probe("db0", openmetrics_format=openmetrics_format)
+    assert zipped is not None
+    assert unzipped is not None
+    assert gzip.decompress(zipped.body) == unzipped.body
+    assert other._probe_gzip == {}
 
 
 def test_crc_of_concatenated_chunks():
