@@ -77,9 +77,9 @@ def fleet_file(path: Path, targets: dict[str, int], half: bool = False) -> None:
             password_file: {path.parent.parent / "pw"}
             fleet: test
         """) for name, port in targets.items())
-    if half:
-        path.write_text(text[: text.rindex("user:") + 3])  # "  use", mid-key, then EOF
-        return
+    if half:  # "  use", mid-key, then EOF; swapped in whole, so that the agent never
+        # reads the moment before it (an empty file, another reason: "empty")
+        text = text[: text.rindex("user:") + 3]
     temporary = path.with_suffix(".tmp")
     temporary.write_text(text)
     temporary.replace(path)
